@@ -1,0 +1,270 @@
+"""Typed configuration: plain dataclasses that Hydra's YAML is turned into.
+
+`Transformer(ModelConfig(...))` needs no Hydra. `ModelConfig.from_dict` builds one from a (composed)
+mapping, rejecting unknown fields and wrong types; `validate()` rejects impossible combinations.
+Both raise `ConfigError`, naming the dotted field and the valid values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from ablate.registry import ConfigError
+
+C = TypeVar("C")
+
+
+@dataclass
+class PositionConfig:
+    """How token positions enter the model: `kind` names a scheme in `ablate.model.position`."""
+
+    kind: str = "rope"
+    theta: float = 10_000.0  # rope: base of the rotation frequencies
+    rotary_fraction: float = 1.0  # rope: share of head_dim that is rotated (GPT-NeoX's rotary_pct)
+
+
+@dataclass
+class AttentionConfig:
+    """Self-attention.
+
+    MHA, GQA and MQA differ only in `n_kv_heads` (None means n_heads). Query heads are split into
+    n_kv_heads consecutive groups, each sharing one key/value head:
+
+        n_heads=8, n_kv_heads=8 (MHA)  q: 0 1 2 3 4 5 6 7    kv: 0 1 2 3 4 5 6 7
+        n_heads=8, n_kv_heads=2 (GQA)  q: 0 1 2 3 | 4 5 6 7  kv: 0 | 1
+        n_heads=8, n_kv_heads=1 (MQA)  q: 0 1 2 3 4 5 6 7    kv: 0
+    """
+
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    head_dim: int | None = None  # None: dim // n_heads
+    # Scores are scaled by query_pre_attn_scalar ** -0.5 (Gemma 2's name); None means head_dim.
+    query_pre_attn_scalar: float | None = None
+    softcap: float | None = None  # cap * tanh(score / cap) before the softmax (Gemma 2: 50)
+    window: int | None = None  # sliding window: a query sees itself and the window - 1 keys before it
+    window_pattern: str = "global"  # which layers use the window: global | local | alternating
+    qkv_bias: bool = False
+    out_bias: bool = False
+    backend: str = "auto"  # auto | sdpa | eager | flex (auto: sdpa, or eager where soft-capping needs it)
+
+
+@dataclass
+class NormConfig:
+    """Normalisation layers (their placement is ModelConfig.placement)."""
+
+    kind: str = "rmsnorm"  # layernorm | rmsnorm
+    eps: float = 1e-6
+    unit_offset: bool = False  # scale by (1 + w), w initialised to 0 (Gemma)
+    bias: bool = False
+
+
+@dataclass
+class MlpConfig:
+    """Feed-forward sublayer: `kind` names an entry of `ablate.model.mlp.MLPS`."""
+
+    kind: str = "swiglu"
+    hidden_dim: int | None = None  # None: 4 * dim, or 2/3 of that (rounded up to 8) for gated kinds
+    bias: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only transformer; every architectural axis of an ablation is a field here."""
+
+    vocab_size: int = 4096
+    dim: int = 256
+    n_layers: int = 4
+    max_seq_len: int = 256  # training context; the size of a learned position table
+    position: PositionConfig = field(default_factory=PositionConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    placement: str = "pre"  # pre | post | sandwich
+    mlp: MlpConfig = field(default_factory=MlpConfig)
+    embedding_norm: bool = False  # LayerNorm-style norm right after the embedding (BLOOM)
+    embedding_scale: bool = False  # multiply token embeddings by sqrt(dim) (Gemma)
+    tie_embeddings: bool = True
+    logit_softcap: float | None = None  # cap * tanh(logits / cap) on the output (Gemma 2: 30)
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    # ---- resolved values -------------------------------------------------------------------
+    @property
+    def n_heads(self) -> int:
+        return self.attention.n_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.attention.n_kv_heads or self.attention.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention.head_dim or self.dim // self.attention.n_heads
+
+    @property
+    def attn_scale(self) -> float:
+        """Factor on q.k scores."""
+        return (self.attention.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        if self.mlp.hidden_dim is not None:
+            return self.mlp.hidden_dim
+        from ablate.model.mlp import MLPS
+
+        if MLPS.get(self.mlp.kind, "model.mlp.kind").gated:
+            return 8 * math.ceil(8 * self.dim / 3 / 8)
+        return 4 * self.dim
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of layer `layer`, or None where it attends globally."""
+        from ablate.model.attention import WINDOW_PATTERNS
+
+        local = WINDOW_PATTERNS.get(self.attention.window_pattern, "model.attention.window_pattern")
+        return self.attention.window if local(layer) else None
+
+    # ---- construction and checks ---------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = "model") -> "ModelConfig":
+        """Build from a mapping (e.g. a composed Hydra node); unknown keys and wrong types raise ConfigError."""
+        config = from_dict(cls, data, prefix)
+        config.validate(prefix)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, prefix: str = "model") -> "ModelConfig":
+        """Raise ConfigError at the first impossible value; return self when all is well."""
+        from ablate.model.attention import BACKENDS, WINDOW_PATTERNS
+        from ablate.model.block import PLACEMENTS
+        from ablate.model.mlp import MLPS
+        from ablate.model.norm import NORMS
+        from ablate.model.position import POSITIONS
+
+        def f(name: str) -> str:
+            return f"{prefix}.{name}"
+
+        for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "attention.n_heads"):
+            value = _get(self, name)
+            if value < 1:
+                raise ConfigError(f(name), value, "must be a positive integer")
+        POSITIONS.get(self.position.kind, f("position.kind"))
+        NORMS.get(self.norm.kind, f("norm.kind"))
+        PLACEMENTS.get(self.placement, f("placement"))
+        MLPS.get(self.mlp.kind, f("mlp.kind"))
+        WINDOW_PATTERNS.get(self.attention.window_pattern, f("attention.window_pattern"))
+        BACKENDS.get(self.attention.backend, f("attention.backend"))
+
+        a = self.attention
+        divisors = [d for d in range(1, a.n_heads + 1) if a.n_heads % d == 0]
+        if a.n_kv_heads is not None and a.n_kv_heads not in divisors:
+            raise ConfigError(f("attention.n_kv_heads"), a.n_kv_heads,
+                              f"must divide n_heads={a.n_heads} (MHA: n_heads, GQA: a divisor, MQA: 1)",
+                              valid=divisors)
+        if a.head_dim is None and self.dim % a.n_heads:
+            raise ConfigError(f("attention.n_heads"), a.n_heads,
+                              f"must divide dim={self.dim} unless attention.head_dim is set")
+        if a.head_dim is not None and a.head_dim < 1:
+            raise ConfigError(f("attention.head_dim"), a.head_dim, "must be a positive integer or null")
+        for name in ("attention.softcap", "logit_softcap", "attention.query_pre_attn_scalar"):
+            value = _get(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f(name), value, "must be positive or null (off)")
+        if a.window is not None and a.window <= 0:
+            raise ConfigError(f("attention.window"), a.window, "must be a positive number of tokens or null")
+        if a.window_pattern != "global" and a.window is None:
+            raise ConfigError(f("attention.window"), None,
+                              f"window_pattern={a.window_pattern!r} needs a window size")
+        if a.window is not None and a.window_pattern == "global":
+            raise ConfigError(f("attention.window_pattern"), "global",
+                              f"a window of {a.window} would be unused", valid=WINDOW_PATTERNS.names())
+        if a.softcap is not None and a.backend == "sdpa":
+            raise ConfigError(f("attention.backend"), "sdpa", "SDPA cannot soft-cap attention logits",
+                              valid=[n for n in BACKENDS.names() if n != "sdpa"])
+        if self.norm.eps <= 0:
+            raise ConfigError(f("norm.eps"), self.norm.eps, "must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f("dropout"), self.dropout, "must be in [0, 1)")
+        if self.mlp.hidden_dim is not None and self.mlp.hidden_dim < 1:
+            raise ConfigError(f("mlp.hidden_dim"), self.mlp.hidden_dim, "must be a positive integer or null")
+        POSITIONS.get(self.position.kind).check(self, prefix)
+        return self
+
+
+# ---- generic dataclass <- mapping ------------------------------------------------------------
+def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
+    """Build dataclass `cls` from `data`, recursing into nested dataclasses, with typed errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, data, f"expected a mapping of {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}"
+        if key not in names:
+            raise ConfigError(path, value, f"unknown field of {cls.__name__}", valid=names)
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(path, value, f"must not be null (expected {_type_name(hint)})")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    raise ConfigError(path, value, f"expected {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join("null" if a is type(None) else a.__name__ for a in args)
+    return getattr(hint, "__name__", str(hint))
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def register_configs() -> None:
+    """Put every field's default into Hydra's ConfigStore as `model_base`, which each model preset
+    extends: any field can then be overridden on the command line (model.attention.head_dim=64)
+    without a `+`, and the defaults live only in the dataclasses above. Types are checked by
+    ModelConfig.from_dict, not by OmegaConf, so errors name the valid values."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="model_base", node=dataclasses.asdict(ModelConfig()))
+
+
+def compose_model(overrides: list[str] | None = None, config_dir: str | None = None) -> ModelConfig:
+    """Compose conf/ with Hydra (e.g. ["model=gemma2", "model/position=alibi"]) and return the
+    validated ModelConfig; for notebooks and tests, where no Hydra app is running."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_configs()
+    config_dir = config_dir or str(Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        composed = compose(config_name="config", overrides=list(overrides or []))
+    return ModelConfig.from_dict(OmegaConf.to_container(composed.model, resolve=True))

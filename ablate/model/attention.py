@@ -1,0 +1,202 @@
+"""Causal self-attention with grouped KV heads, soft-capping, sliding windows, a KV cache and
+interchangeable backends.
+
+A backend turns what the position scheme and the window say into something its kernel takes
+(`prepare`, once per forward and window size), then runs the kernel (`attend`, once per layer):
+
+    sdpa   torch's scaled_dot_product_attention: is_causal when nothing else applies, else a boolean
+           or additive mask (ALiBi, windows, cached prefixes). The CPU default.
+    eager  explicit matmul / softmax; the path for attention-logit soft-capping on CPU.
+    flex   flex_attention with a score_mod (soft-cap, any position bias) and a block mask (causal,
+           window); compiled on GPU. Forward only on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ablate.registry import Registry
+
+WINDOW_PATTERNS: Registry[Callable[[int], bool]] = Registry("window pattern")
+WINDOW_PATTERNS.add("global", lambda layer: False)
+WINDOW_PATTERNS.add("local", lambda layer: True)
+WINDOW_PATTERNS.add("alternating", lambda layer: layer % 2 == 0)  # local first, as Gemma 2
+
+
+def visible(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:
+    """(Tq, Tk) bool: key j is visible to query i when k_pos[j] <= q_pos[i] (and within the window)."""
+    seen = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        seen = seen & (k_pos[None, :] > q_pos[:, None] - window)
+    return seen
+
+
+# ---- backends ---------------------------------------------------------------------------------
+class Backend:
+    """Prepare once per forward and window; attend once per layer. Shapes: q (B, H, Tq, hd),
+    k and v (B, Hkv, Tk, hd), result (B, H, Tq, hd)."""
+
+    def prepare(self, bias: Tensor | None, q_pos: Tensor, k_pos: Tensor, window: int | None) -> Any:
+        raise NotImplementedError
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, plan: Any, scale: float, softcap: float | None,
+               dropout: float) -> Tensor:
+        raise NotImplementedError
+
+
+BACKENDS: Registry[type[Backend] | None] = Registry("attention backend")
+BACKENDS.add("auto", None)  # resolved by resolve_backend
+
+
+@BACKENDS.register("sdpa")
+class SdpaBackend(Backend):
+    def prepare(self, bias, q_pos, k_pos, window):
+        aligned = len(q_pos) == len(k_pos) and bool(q_pos[0] == k_pos[0])
+        if bias is None and window is None and aligned:
+            return "causal"
+        seen = visible(q_pos, k_pos, window)
+        if bias is None:
+            return None if bool(seen.all()) else seen
+        return bias.masked_fill(~seen, float("-inf"))
+
+    def attend(self, q, k, v, plan, scale, softcap, dropout):
+        if softcap is not None:
+            raise ValueError("the sdpa backend cannot soft-cap attention logits; use eager or flex")
+        mask = None if plan in (None, "causal") else plan
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                              is_causal=plan == "causal", scale=scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])
+
+
+@BACKENDS.register("eager")
+class EagerBackend(Backend):
+    def prepare(self, bias, q_pos, k_pos, window):
+        seen = visible(q_pos, k_pos, window)
+        base = torch.zeros(seen.shape, device=seen.device) if bias is None else bias
+        return base.masked_fill(~seen, float("-inf"))  # (H or 1, Tq, Tk) after broadcasting below
+
+    def attend(self, q, k, v, plan, scale, softcap, dropout):
+        B, H, Tq, hd = q.shape
+        Hkv, Tk = k.shape[1], k.shape[2]
+        q = q.view(B, Hkv, H // Hkv, Tq, hd)  # query heads grouped by their shared kv head
+        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).float() * scale  # (B, Hkv, G, Tq, Tk)
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
+        plan = plan.float()
+        scores = scores + (plan.view(Hkv, H // Hkv, Tq, Tk) if plan.dim() == 3 else plan)
+        probs = F.dropout(scores.softmax(dim=-1).to(q.dtype), p=dropout)
+        return (probs @ v.unsqueeze(2)).view(B, H, Tq, hd)
+
+
+@BACKENDS.register("flex")
+class FlexBackend(Backend):
+    def __init__(self, compile: bool | None = None) -> None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.compile = torch.cuda.is_available() if compile is None else compile
+        self.kernel = torch.compile(flex_attention, dynamic=False) if self.compile else flex_attention
+
+    def prepare(self, bias, q_pos, k_pos, window):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qp, kp = q_pos[q_idx], k_pos[kv_idx]
+            seen = kp <= qp
+            if window is not None:
+                seen = seen & (kp > qp - window)
+            return seen
+
+        block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=len(q_pos), KV_LEN=len(k_pos),
+                                       device=q_pos.device)
+        return block_mask, bias
+
+    def attend(self, q, k, v, plan, scale, softcap, dropout):
+        if dropout:
+            raise ValueError("the flex backend has no attention dropout; use sdpa or eager when training with it")
+        block_mask, bias = plan
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            if softcap is not None:
+                score = softcap * torch.tanh(score / softcap)
+            if bias is not None:
+                score = score + bias[h, q_idx, kv_idx]
+            return score
+
+        return self.kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                           enable_gqa=k.shape[1] != q.shape[1])
+
+
+def resolve_backend(name: str, softcap: float | None) -> Backend:
+    """An instance of backend `name`; `auto` is sdpa unless soft-capping needs the explicit path."""
+    if name == "auto":
+        name = "eager" if softcap is not None else "sdpa"
+    return BACKENDS.get(name, "model.attention.backend")()
+
+
+# ---- KV cache ---------------------------------------------------------------------------------
+@dataclass
+class KVCache:
+    """Rotated keys and values of every layer for positions 0 .. length - 1."""
+
+    n_layers: int
+    length: int = 0
+    keys: list[Tensor | None] = field(default_factory=list)
+    values: list[Tensor | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keys = [None] * self.n_layers
+        self.values = [None] * self.n_layers
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this step's (B, Hkv, T, hd) keys and values; return all of them so far."""
+        if self.keys[layer] is not None:
+            k = torch.cat((self.keys[layer], k), dim=2)
+            v = torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+@dataclass
+class Step:
+    """What every layer of one forward shares: positions, the backend and its plans, the cache."""
+
+    pos: Tensor  # (T,) positions of the new tokens
+    backend: Backend
+    plans: dict[int | None, Any]  # window -> backend plan
+    rotate: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    cache: KVCache | None = None
+
+
+# ---- the module -------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """wqkv projects to [q heads | k heads | v heads] in one matmul; wo maps heads back to dim."""
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
+                 softcap: float | None = None, window: int | None = None, qkv_bias: bool = False,
+                 out_bias: bool = False, dropout: float = 0.0, layer: int = 0) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale, self.softcap, self.window, self.dropout, self.layer = scale, softcap, window, dropout, layer
+        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=qkv_bias)
+        self.wo = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        B, T, _ = x.shape
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        q, k = step.rotate(q, k, step.pos)
+        if step.cache is not None:
+            k, v = step.cache.update(self.layer, k, v)
+        y = step.backend.attend(q, k, v, step.plans[self.window], self.scale, self.softcap,
+                                self.dropout if self.training else 0.0)
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))

@@ -1,0 +1,197 @@
+"""The Transformer over its axes: the full grid builds, trains and is causal; the KV cache and the
+backends agree with the plain forward for every position scheme."""
+
+import itertools
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ablate.config import AttentionConfig, MlpConfig, ModelConfig, NormConfig, PositionConfig
+from ablate.model import Transformer
+from ablate.model.attention import FlexBackend
+from ablate.model.block import PLACEMENTS
+from ablate.model.mlp import MLPS
+from ablate.model.position import POSITIONS, alibi_slopes
+
+VOCAB = 61
+KV_HEADS = {"mha": None, "gqa": 2, "mqa": 1}
+
+
+def tiny(position="rope", attention="gqa", placement="pre", mlp="swiglu", **kw) -> ModelConfig:
+    attn = dict(n_heads=4, n_kv_heads=KV_HEADS[attention])
+    attn.update(kw.pop("attn", {}))
+    return ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, max_seq_len=32, position=PositionConfig(kind=position),
+                       attention=AttentionConfig(**attn), placement=placement, mlp=MlpConfig(kind=mlp), **kw)
+
+
+GRID = list(itertools.product(POSITIONS.names(), KV_HEADS, PLACEMENTS.names(), MLPS.names()))
+
+
+def test_grid_covers_every_axis_value():
+    assert len(GRID) == 5 * 3 * 3 * 5
+
+
+@pytest.mark.parametrize("position,attention,placement,mlp", GRID)
+def test_grid_builds_backprops_and_is_causal(position, attention, placement, mlp):
+    model = Transformer(tiny(position, attention, placement, mlp))
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    logits = model(tokens)
+    assert logits.shape == (2, 12, VOCAB)
+    logits.logsumexp(-1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+    t = 7  # change the token at position t: nothing before t may move, position t must
+    changed = tokens.clone()
+    changed[:, t] = (changed[:, t] + 1) % VOCAB
+    with torch.no_grad():
+        before, after = model(tokens), model(changed)
+    assert_close(after[:, :t], before[:, :t], rtol=0, atol=0)
+    assert (after[:, t] - before[:, t]).abs().max() > 1e-4
+
+
+def test_unusual_combination_trains():
+    """ALiBi + sandwich + MQA + GeGLU: no family uses it, it must still learn."""
+    torch.manual_seed(0)
+    model = Transformer(tiny("alibi", "mqa", "sandwich", "geglu"))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    seq = torch.arange(24).remainder(7)[None].repeat(4, 1)  # a periodic sequence to memorise
+    losses = []
+    for _ in range(60):
+        logits = model(seq[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), seq[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
+
+
+CACHE_CASES = [
+    *[dict(position=p) for p in POSITIONS.names()],
+    dict(position="alibi", attn=dict(window=5, window_pattern="local")),
+    dict(position="rope", attn=dict(window=4, window_pattern="alternating", softcap=20.0), logit_softcap=10.0),
+    dict(position="sinusoidal", attn=dict(window=3, window_pattern="alternating")),
+    dict(position="rope", attention="mqa", placement="sandwich", mlp="geglu"),
+]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+@pytest.mark.parametrize("case", CACHE_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_kv_cache_matches_full_forward(case, backend):
+    cfg = tiny(**case)
+    if backend == "sdpa" and cfg.attention.softcap:
+        pytest.skip("sdpa cannot soft-cap")
+    model = Transformer(cfg).eval().set_backend(backend)
+    tokens = torch.randint(0, VOCAB, (2, 14))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache()
+        prefill = model(tokens[:, :5], cache)  # a prompt, then chunks of 3, then single tokens
+        chunks = [model(tokens[:, i:i + 3], cache) for i in (5, 8)]
+        singles = [model(tokens[:, i:i + 1], cache) for i in range(11, 14)]
+    assert cache.length == 14
+    assert_close(torch.cat([prefill, *chunks, *singles], dim=1), full)
+
+
+def test_learned_positions_refuse_beyond_their_table():
+    model = Transformer(tiny("learned"))
+    with pytest.raises(ValueError, match="learned positions cover 0..31"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_generate_is_greedy_and_stops():
+    model = Transformer(tiny("alibi", attn=dict(window=4, window_pattern="alternating"))).eval()
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8)
+    assert out.shape == (2, 13) and torch.equal(out[:, :5], prompt)
+    seq = prompt  # the same greedy path without a cache: re-run the whole sequence each step
+    with torch.no_grad():
+        for _ in range(8):
+            seq = torch.cat((seq, model(seq)[:, -1].argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(out, seq)
+    stop = int(out[0, 7])
+    first_stop = 5 + out[0, 5:].tolist().index(stop)  # the stop token may come before position 7
+    first = model.generate(prompt[:1], max_new_tokens=8, stop=stop)
+    assert torch.equal(first[0], out[0, : first_stop + 1])
+
+
+BACKEND_CASES = [
+    dict(position="alibi"),
+    dict(position="rope", attention="mqa"),
+    dict(position="nope", attn=dict(window=6, window_pattern="local")),
+    dict(position="alibi", attn=dict(window=6, window_pattern="alternating", softcap=5.0)),
+    dict(position="rope", attn=dict(window=6, window_pattern="alternating", softcap=5.0), logit_softcap=10.0),
+]
+
+
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_backends_agree_forward(case):
+    model = Transformer(tiny(**case)).eval()
+    tokens = torch.randint(0, VOCAB, (2, 20))
+    with torch.no_grad():
+        eager = model.set_backend("eager")(tokens)
+        flex = model.set_backend("flex")(tokens)
+        assert_close(flex, eager)
+        if model.cfg.attention.softcap is None:
+            assert_close(model.set_backend("sdpa")(tokens), eager)
+        cache = model.new_cache()  # flex with a cached prefix too
+        steps = [model(tokens[:, :15], cache), model(tokens[:, 15:], cache)]
+    assert_close(torch.cat(steps, dim=1), eager)
+
+
+def test_compiled_flex_forward_matches_on_cpu():
+    """The GPU path is flex_attention under torch.compile; its CPU build must compute the same."""
+    model = Transformer(tiny("alibi", attn=dict(window=8, window_pattern="alternating", softcap=5.0))).eval()
+    tokens = torch.randint(0, VOCAB, (2, 32))
+    with torch.no_grad():
+        eager = model.set_backend("eager")(tokens)
+        model.backend = FlexBackend(compile=True)
+        assert_close(model(tokens), eager, rtol=1e-4, atol=1e-4)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    """GQA is MHA whose key/value heads come in copies: build both and compare."""
+    gqa = Transformer(tiny("rope", "gqa")).eval()
+    mha = Transformer(tiny("rope", "mha")).eval()
+    sd = gqa.state_dict()
+    H, Hkv, hd, dim = 4, 2, 8, 32
+    for i in range(2):
+        w = sd[f"blocks.{i}.attn.wqkv.weight"]
+        q, k, v = w.split((H * hd, Hkv * hd, Hkv * hd))
+        rep = lambda t: t.view(Hkv, hd, dim).repeat_interleave(H // Hkv, dim=0).reshape(H * hd, dim)  # noqa: E731
+        sd[f"blocks.{i}.attn.wqkv.weight"] = torch.cat((q, rep(k), rep(v)))
+    mha.load_state_dict(sd)
+    tokens = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        assert_close(mha(tokens), gqa(tokens))
+
+
+def test_alibi_slopes_follow_the_paper():
+    assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    # 6 heads: the 4-head slopes, then odd-numbered slopes of the 8-head sequence
+    assert_close(alibi_slopes(6), torch.tensor([2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]))
+
+
+def test_partial_rotary_leaves_the_rest_untouched():
+    from ablate.model.position import RotaryPositions
+
+    rope = RotaryPositions(head_dim=16, theta=10_000.0, rotary_fraction=0.25)
+    q = torch.randn(1, 2, 5, 16)
+    q2, _ = rope.rotate(q, q, torch.arange(5))
+    assert torch.equal(q2[..., 4:], q[..., 4:]) and not torch.allclose(q2[:, :, 1:, :4], q[:, :, 1:, :4])
+    assert torch.equal(q2[:, :, 0], q[:, :, 0])  # position 0 is the identity rotation
+
+
+def test_norm_options():
+    x = torch.randn(3, 16)
+    from ablate.model.norm import build_norm
+
+    rms = build_norm(NormConfig(kind="rmsnorm", unit_offset=True), 16)
+    assert torch.equal(rms.weight, torch.zeros(16))  # (1 + w) starts at 1
+    assert_close(rms(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt())
+    ln = build_norm(NormConfig(kind="layernorm", bias=True, eps=1e-5), 16)
+    assert_close(ln(x), torch.nn.functional.layer_norm(x, (16,), eps=1e-5))
+    assert ln.bias is not None and rms.bias is None
