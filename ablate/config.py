@@ -196,6 +196,138 @@ class ModelConfig:
         return self
 
 
+@dataclass
+class DataConfig:
+    """Training text, its tokenizer, the validation split and the batch order."""
+
+    source: str = "synthetic"  # synthetic | files | hf
+    synthetic_words: int = 3_000_000  # size of the built-in corpus
+    synthetic_seed: int = 0
+    name: str | None = None  # hf: dataset name, as for datasets.load_dataset
+    config_name: str | None = None  # hf: dataset config
+    split: str = "train"  # hf
+    streaming: bool = False  # hf: stream instead of downloading everything (needs max_documents)
+    max_documents: int | None = None  # stop after this many documents
+    paths: list[str] = field(default_factory=list)  # files: paths or globs (.txt, .jsonl, .parquet)
+    text_field: str = "text"  # jsonl / parquet / hf: the field holding the text
+    tokenizer: str = "bpe"  # bpe (trained here), a tokenizer.json path, or a transformers tokenizer name
+    vocab_size: int = 4096  # bpe: target vocabulary; the model's vocab_size is set from the tokenizer
+    tokenizer_documents: int = 200_000  # bpe: trained on at most this many documents
+    val_tokens: int = 65_536  # held out from the end of the token stream
+    seed: int = 0  # batch order: every variant of an experiment sees the same tokens in the same order
+    cache_dir: str = ".cache/ablate"  # tokenizers and token files, shared by every run
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then decay."""
+
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 50
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_norms_and_biases: bool = False
+    decay_embeddings: bool = False
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    """Budget, batch, precision, and how often to log, evaluate and checkpoint."""
+
+    tokens: int = 1_500_000  # training budget
+    batch_tokens: int = 8192  # global batch in tokens (all processes, all accumulation steps)
+    micro_batch: int = 8  # sequences per forward pass per process
+    seq_len: int | None = None  # null: model.max_seq_len
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch threads per process; null: the cores divided among local processes
+    log_every: int = 10  # steps
+    eval_every: int = 100  # steps between validation losses; 0: only at the end
+    checkpoint_every: int = 100  # steps
+    keep_checkpoints: int = 2
+    eval_at_end: bool = False  # run the evaluation suite when training ends
+    progress: str = "auto"  # auto (a bar on a terminal, log lines otherwise) | bar | lines
+
+
+# Fields that change how a run is executed or reported, not what it computes: a run may resume
+# with them changed.
+OPERATIONAL = ("train.compile", "train.device", "train.threads", "train.log_every", "train.eval_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "train.eval_at_end", "train.progress",
+               "train.micro_batch", "data.cache_dir", "model.attention.backend", "results_dir")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; what config.yaml in a run directory holds."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0  # initialisation and dropout; the batch order is data.seed
+    experiment: str = "default"
+    run_name: str = "run"
+    results_dir: str = "results"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        config = from_dict(cls, data, "")
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len or self.model.max_seq_len
+
+    def validate(self) -> "RunConfig":
+        self.model.validate("model")
+        t, o = self.train, self.optim
+        for name in ("tokens", "batch_tokens", "micro_batch", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(t, name) < 1:
+                raise ConfigError(f"train.{name}", getattr(t, name), "must be a positive integer")
+        if self.seq_len > self.model.max_seq_len and self.model.position.kind == "learned":
+            raise ConfigError("train.seq_len", self.seq_len,
+                              f"learned positions only cover model.max_seq_len={self.model.max_seq_len}")
+        if t.batch_tokens % self.seq_len:
+            raise ConfigError("train.batch_tokens", t.batch_tokens, f"must be a multiple of seq_len={self.seq_len}")
+        if (t.batch_tokens // self.seq_len) % t.micro_batch:
+            raise ConfigError("train.micro_batch", t.micro_batch,
+                              f"must divide the global batch of {t.batch_tokens // self.seq_len} sequences")
+        if t.tokens < t.batch_tokens:
+            raise ConfigError("train.tokens", t.tokens, f"smaller than one batch ({t.batch_tokens} tokens)")
+        _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
+        _choice("train.device", t.device, ("auto", "cpu", "cuda"))
+        _choice("train.progress", t.progress, ("auto", "bar", "lines"))
+        _choice("optim.schedule", o.schedule, ("cosine", "linear", "constant"))
+        if o.lr <= 0:
+            raise ConfigError("optim.lr", o.lr, "must be positive")
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise ConfigError("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+        from ablate.data.sources import SOURCES
+
+        SOURCES.get(self.data.source, "data.source")
+        if self.data.tokenizer == "bpe" and self.data.vocab_size < 257:
+            raise ConfigError("data.vocab_size", self.data.vocab_size,
+                              "a byte-level BPE needs at least 257 ids (256 bytes and <|endoftext|>)")
+        if self.data.val_tokens < self.seq_len + 1:
+            raise ConfigError("data.val_tokens", self.data.val_tokens, f"must hold one sequence ({self.seq_len + 1})")
+        return self
+
+
+def _choice(field_name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(field_name, value, "unknown choice", valid=valid)
+
+
 # ---- generic dataclass <- mapping ------------------------------------------------------------
 def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
     """Build dataclass `cls` from `data`, recursing into nested dataclasses, with typed errors."""
@@ -205,7 +337,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
-        path = f"{prefix}.{key}"
+        path = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(path, value, f"unknown field of {cls.__name__}", valid=names)
         kwargs[key] = _coerce(hints[key], value, path)
@@ -215,6 +347,11 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "expected a list")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
@@ -227,8 +364,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if option is str and isinstance(value, str):
-            return value
+        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads run_name=1 as a number
     raise ConfigError(path, value, f"expected {_type_name(hint)}")
 
 
@@ -245,6 +382,29 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
+def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str:
+    """A readable run name: the model preset and its axis choices, the data set when not the
+    built-in one, the other command-line overrides that change what is computed (last part of the
+    key, the last value given), and the seed.
+    E.g. default-rope-mha-rmsnorm-pre-swiglu-s0, gpt2-alibi-mqa-layernorm-pre-gelu_tanh-dim=512-s1."""
+    parts = [choices.get(g) for g in ("model", "model/position", "model/attention", "model/norm",
+                                      "model/placement", "model/mlp")]
+    if choices.get("data") not in (None, "synthetic"):
+        parts.append(choices["data"])
+    named: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if key in choices or key in _UNNAMED or key.startswith(("hydra.", *OPERATIONAL)):
+            continue
+        named[key] = value  # a key given twice keeps its first place and its last value
+    parts += [f"{k.rsplit('.', 1)[-1]}={v}".replace("/", "_") for k, v in named.items()]
+    return "-".join(str(p) for p in parts if p is not None) + f"-s{seed}"
+
+
+_UNNAMED = ("seed", "experiment", "results_dir", "run_name")
+
+
 def register_configs() -> None:
     """Put every field's default into Hydra's ConfigStore as `model_base`, which each model preset
     extends: any field can then be overridden on the command line (model.attention.head_dim=64)
@@ -252,7 +412,12 @@ def register_configs() -> None:
     ModelConfig.from_dict, not by OmegaConf, so errors name the valid values."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="model_base", node=dataclasses.asdict(ModelConfig()))
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("ablate_run_name", run_name, replace=True)
+    store = ConfigStore.instance()
+    store.store(name="model_base", node=dataclasses.asdict(ModelConfig()))
+    store.store(name="data_base", node=dataclasses.asdict(DataConfig()))
 
 
 def compose_model(overrides: list[str] | None = None, config_dir: str | None = None) -> ModelConfig:

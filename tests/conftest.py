@@ -1,5 +1,12 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +15,29 @@ def _deterministic():
     torch.set_num_threads(2)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One token cache for the session: the tiny corpus is tokenized once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
+    """A run that takes seconds: a 64-wide, 2-layer model on a 60k-word synthetic corpus."""
+    return ["model.dim=64", "model.n_layers=2", "model.max_seq_len=64", "data.synthetic_words=60000",
+            "data.vocab_size=512", "data.val_tokens=2048", f"data.cache_dir={cache}", f"results_dir={results}",
+            "train.tokens=40960", "train.batch_tokens=1024", "train.micro_batch=8", "train.log_every=1",
+            "train.eval_every=10", "train.checkpoint_every=10", "train.progress=lines", "optim.warmup_steps=5",
+            *extra]
+
+
+def run_cli(module: str, *args: str, check: bool = True, env: dict | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repository root, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=full_env, timeout=600, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -44,7 +44,7 @@ def model_facts(cfg: ModelConfig, seq_len: int | None = None, dtype: torch.dtype
     a, m = cfg.attention, cfg.mlp
     placement = PLACEMENTS.get(cfg.placement)
     norm = d * (2 if cfg.norm.bias else 1)
-    n_in = (2 if MLPS.get(m.kind).gated else 1) * cfg.mlp_hidden_dim
+    n_in = (2 if MLPS.get(m.kind).gated else 1) * cfg.mlp_hidden_dim  # gate and input matrices
 
     qkv = d * (H + 2 * Hkv) * hd
     out = H * hd * d

@@ -28,20 +28,18 @@ MLPS.add("swiglu", MlpKind(F.silu, gated=True))  # Llama
 
 
 class Mlp(nn.Module):
-    """w_in maps dim -> hidden (gated: dim -> 2 * hidden, gate rows first, then up rows)."""
+    """w_in maps dim -> hidden, w_out hidden -> dim; gated kinds add w_gate (dim -> hidden).
+    (Gate and input stay separate matrices: on CPU, one fused matrix split in two was slower.)"""
 
     def __init__(self, dim: int, hidden_dim: int, kind: str, bias: bool = False) -> None:
         super().__init__()
         spec = MLPS.get(kind, "model.mlp.kind")
-        self.act, self.gated = spec.act, spec.gated
-        self.w_in = nn.Linear(dim, (2 if self.gated else 1) * hidden_dim, bias=bias)
+        self.act = spec.act
+        self.w_gate = nn.Linear(dim, hidden_dim, bias=bias) if spec.gated else None
+        self.w_in = nn.Linear(dim, hidden_dim, bias=bias)
         self.w_out = nn.Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.w_in(x)  # (B, T, [2 *] hidden)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
-        else:
-            h = self.act(h)
-        return self.w_out(h)
+        if self.w_gate is not None:
+            return self.w_out(self.act(self.w_gate(x)) * self.w_in(x))  # (B, T, hidden) inside
+        return self.w_out(self.act(self.w_in(x)))

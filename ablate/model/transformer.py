@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ablate.config import ModelConfig
@@ -82,7 +83,7 @@ class Transformer(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         weight = self.tok_embed.weight if self.head is None else self.head.weight
-        logits = x @ weight.t()
+        logits = F.linear(x, weight)
         if self.cfg.logit_softcap is not None:
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)

@@ -1,0 +1,468 @@
+"""`ablate-train`: the Hydra app. `train(RunConfig)` is the same run without Hydra.
+
+    ablate-train                                   the small default on the built-in corpus (CPU)
+    ablate-train model=gemma2 model/position=alibi train.tokens=5e6
+    ablate-train --cfg job                         the composed config, nothing run
+
+A run lives in results/<experiment>/<run_name>/: config.yaml, metrics.jsonl, summary.json,
+checkpoints/. Started again there, it resumes from its latest checkpoint; once completed, it is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate import checkpoint
+from ablate.config import OPERATIONAL, ModelConfig, RunConfig, register_configs
+from ablate.data.batches import Batches, validation_batches
+from ablate.data.tokens import TokenData, prepare
+from ablate.distributed import Dist, setup_distributed
+from ablate.model import Transformer, model_facts
+from ablate.registry import ConfigError
+
+log = logging.getLogger("ablate.train")
+VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds something this run must not touch."""
+
+
+@dataclass
+class State:
+    """What a checkpoint restores besides weights and optimiser."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    last_loss: float = math.nan
+    val_loss: float = math.nan
+    rates: list[float] = field(default_factory=list)
+
+
+# ---- the run, as a table of contents ------------------------------------------------------------
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train (or resume, or skip if completed) one run; returns its summary."""
+    dist = setup_distributed()
+    set_threads(cfg, dist)
+    run_dir = Path(cfg.results_dir) / cfg.experiment / cfg.run_name
+    data = prepare(cfg.data)
+    cfg.model.vocab_size = padded_vocab(data.vocab_size)
+    check_run_dir(run_dir, cfg)
+    done = completed_summary(run_dir)
+    if done is not None:
+        log.info("%s already completed; skipping (delete the directory to train it again)", run_dir)
+        return done
+    device, autocast = pick_device(cfg)
+    torch.manual_seed(cfg.seed)
+    model = Transformer(cfg.model).to(device)
+    opt = build_optimizer(model, cfg)
+    state = maybe_resume(run_dir, model, opt, cfg)
+    if dist.is_main:
+        write_config(run_dir, cfg)
+    runner = Runner(cfg, run_dir, dist, data, model, opt, state, device, autocast)
+    return runner.run()
+
+
+class Runner:
+    """The training loop and what it writes."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, dist: Dist, data: TokenData, model: Transformer,
+                 opt: torch.optim.Optimizer, state: State, device: torch.device, autocast) -> None:
+        self.cfg, self.run_dir, self.dist, self.data, self.state = cfg, run_dir, dist, data, state
+        self.model, self.opt, self.device, self.autocast = model, opt, device, autocast
+        self.net = dist.wrap(model)
+        self.forward = torch.compile(self.net) if cfg.train.compile else self.net
+        self.batches = Batches(data.train, cfg.seq_len, cfg.data.seed)
+        self.batch_seqs = cfg.train.batch_tokens // cfg.seq_len
+        self.total_steps = cfg.train.tokens // cfg.train.batch_tokens
+        self.facts = model_facts(cfg.model, cfg.seq_len)
+        self.signalled: int | None = None
+
+    def run(self) -> dict[str, Any]:
+        self.write_summary("running")
+        previous = self.catch_signals()
+        progress = Progress(self.cfg.train.progress, self.total_steps, self.state.step, self.dist.is_main)
+        try:
+            while self.state.step < self.total_steps:
+                record = self.train_step()
+                if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
+                    return self.diverged(record)
+                self.maybe_evaluate(record)
+                self.log(record, progress)
+                if self.signalled is not None:
+                    return self.interrupted(previous)
+                if not self.maybe_checkpoint():
+                    return self.diverged({**record, "loss": math.nan})
+            return self.finish()
+        except BaseException as err:
+            if not isinstance(err, SystemExit):
+                self.write_summary("failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            progress.close()
+            self.restore_signals(previous)
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, step = self.cfg, self.state.step
+        start = time.perf_counter()
+        lr = lr_at(step, self.total_steps, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        micro = list(self.batches.micro_batches(step, self.batch_seqs, cfg.train.micro_batch,
+                                                self.dist.rank, self.dist.world))
+        loss_sum = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro):
+            sync = self.dist.sync_grads(self.net, last=i == len(micro) - 1)
+            with sync, self.autocast:
+                loss = cross_entropy(self.forward(x.to(self.device)), y.to(self.device))
+            (loss / len(micro)).backward()
+            loss_sum += loss.detach()
+        loss = self.dist.mean(loss_sum / len(micro)).item()
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if math.isfinite(loss) and math.isfinite(grad_norm):  # never step into NaN weights
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        s = self.state
+        s.step, s.tokens, s.elapsed_s, s.last_loss = step + 1, s.tokens + cfg.train.batch_tokens, s.elapsed_s + seconds, loss
+        s.rates.append(cfg.train.batch_tokens / seconds)
+        return {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": round(cfg.train.batch_tokens / seconds, 1), "elapsed_s": round(s.elapsed_s, 3)}
+
+    def maybe_evaluate(self, record: dict[str, Any]) -> None:
+        every = self.cfg.train.eval_every
+        if self.state.step == self.total_steps or (every and self.state.step % every == 0):
+            self.state.val_loss = validation_loss(self.model, self.data, self.cfg, self.device, self.autocast)
+            record["val_loss"] = self.state.val_loss
+
+    def log(self, record: dict[str, Any], progress: "Progress") -> None:
+        if not self.dist.is_main:
+            return
+        every = self.cfg.train.log_every
+        if record["step"] % every == 0 or "val_loss" in record or record["step"] == self.total_steps:
+            with open(self.run_dir / "metrics.jsonl", "a") as out:
+                out.write(json.dumps(record) + "\n")
+        progress.update(record)
+
+    def maybe_checkpoint(self) -> bool:
+        """Checkpoint on schedule; False (nothing written) if the weights are no longer finite."""
+        step = self.state.step
+        if step % self.cfg.train.checkpoint_every == 0 and step < self.total_steps:
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return False
+            self.save()
+        return True
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            checkpoint.save(self.run_dir / "checkpoints", self.state.step, {
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "state": self.state.__dict__, "rng": checkpoint.rng_state(), "config": self.cfg.to_dict(),
+            }, keep=self.cfg.train.keep_checkpoints)
+        self.dist.barrier()
+
+    def finish(self) -> dict[str, Any]:
+        self.save()
+        summary = self.write_summary("completed")
+        if self.cfg.train.eval_at_end and self.dist.is_main:
+            from ablate.evaluate import evaluate_run  # the evaluation suite, when installed
+
+            evaluate_run(self.run_dir)
+        return summary
+
+    def diverged(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A NaN / inf loss: stop, keep the last good checkpoint, say where."""
+        log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept", record["loss"],
+                  record["step"])
+        if self.dist.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as out:
+                out.write(json.dumps({**record, "loss": str(record["loss"]), "grad_norm": str(record["grad_norm"])})
+                          + "\n")
+        return self.write_summary("diverged", diverged_at_step=record["step"])
+
+    def interrupted(self, previous: dict[int, Any]) -> dict[str, Any]:
+        """SIGTERM / SIGUSR2 (Slurm before a time limit or preemption): checkpoint, then let the
+        launcher requeue (its own handler, if it had one) or exit."""
+        signum = self.signalled
+        log.warning("signal %d at step %d: checkpointing before exit", signum, self.state.step)
+        self.save()
+        summary = self.write_summary("interrupted", signal=signum)
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, None)
+        else:
+            raise SystemExit(128 + signum)
+        return summary
+
+    def catch_signals(self) -> dict[int, Any]:
+        previous = {}
+
+        def note(signum, frame):
+            self.signalled = signum
+
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            try:
+                previous[sig] = signal.signal(sig, note)
+            except ValueError:  # not the main thread: the launcher owns signals
+                pass
+        return previous
+
+    def restore_signals(self, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def write_summary(self, status: str, **extra: Any) -> dict[str, Any]:
+        s, cfg = self.state, self.cfg
+        rates = s.rates[1:] or s.rates  # the first step pays for warm-up
+        summary = {
+            "status": status, "experiment": cfg.experiment, "run": cfg.run_name, "seed": cfg.seed,
+            "step": s.step, "steps_total": self.total_steps, "tokens_seen": s.tokens,
+            **{k: v for k, v in self.facts.to_dict().items() if k != "dtype"},
+            "train_loss": s.last_loss, "val_loss": s.val_loss,
+            "val_ppl": math.exp(s.val_loss) if math.isfinite(s.val_loss) else math.nan,
+            "tokens_per_s": sum(rates) / len(rates) if rates else math.nan, "wall_time_s": s.elapsed_s,
+            "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world, **extra,
+        }
+        if self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+# ---- the pieces ---------------------------------------------------------------------------------
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def lr_at(step: int, total: int, cfg: RunConfig) -> float:
+    """Linear warmup over warmup_steps, then cosine or linear decay to lr * min_lr_ratio at `total`."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)
+
+
+def build_optimizer(model: Transformer, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only, unless the config extends it to norms, biases and embeddings."""
+    o = cfg.optim
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if id(p) in embeddings:
+            (decay if o.decay_embeddings else no_decay).append(p)
+        elif p.dim() < 2:
+            (decay if o.decay_norms_and_biases else no_decay).append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, data: TokenData, cfg: RunConfig, device: torch.device, autocast) -> float:
+    """Mean token loss over the whole held-out split."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in validation_batches(data.val, cfg.seq_len, cfg.train.micro_batch):
+        with autocast:
+            logits = model(x.to(device))
+        total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
+                                       reduction="sum"))
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+def axes(model: ModelConfig) -> dict[str, Any]:
+    """The architectural choices of a run, by name, for tables."""
+    heads, kv = model.n_heads, model.n_kv_heads
+    a = model.attention
+    return {
+        "position": model.position.kind, "attention": "mha" if kv == heads else "mqa" if kv == 1 else "gqa",
+        "n_kv_heads": kv, "norm": model.norm.kind, "placement": model.placement, "mlp": model.mlp.kind,
+        "embedding_norm": model.embedding_norm, "embedding_scale": model.embedding_scale,
+        "unit_offset": model.norm.unit_offset, "attn_softcap": a.softcap, "logit_softcap": model.logit_softcap,
+        "window": a.window, "window_pattern": a.window_pattern,
+    }
+
+
+def padded_vocab(n: int) -> int:
+    return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def pick_device(cfg: RunConfig) -> tuple[torch.device, Any]:
+    t = cfg.train
+    cuda = torch.cuda.is_available() if t.device == "auto" else t.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    return device, autocast
+
+
+def set_threads(cfg: RunConfig, dist: Dist) -> None:
+    """Oversubscribed cores are catastrophic for CPU training: share them among local processes."""
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // dist.local_world)
+    torch.set_num_threads(threads)
+
+
+def completed_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+        if summary.get("status") == "completed":
+            return summary
+    return None
+
+
+def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to resume a run whose stored config computes something else."""
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.exists():
+        return
+    from omegaconf import OmegaConf
+
+    stored = _flatten(OmegaConf.to_container(OmegaConf.load(stored_path)))
+    current = _flatten(cfg.to_dict())
+    differ = sorted(k for k in stored.keys() | current.keys()
+                    if stored.get(k) != current.get(k) and not k.startswith(OPERATIONAL))
+    if differ:
+        changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
+        raise RunDirError(f"{run_dir} holds a run with another config ({changes}); it was left untouched. "
+                          "To start a fresh run, pick another name (run_name=... or experiment=...) or delete "
+                          "that directory.")
+
+
+def maybe_resume(run_dir: Path, model: Transformer, opt: torch.optim.Optimizer, cfg: RunConfig) -> State:
+    saved = checkpoint.latest(run_dir / "checkpoints")
+    if saved is None:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # lines of a run that never checkpointed
+        return State()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    checkpoint.set_rng_state(saved["rng"])
+    state = State(**saved["state"])
+    truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    log.info("resuming %s from step %d", run_dir, state.step)
+    return state
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after `step`: the resumed run logs them again."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
+def write_config(run_dir: Path, cfg: RunConfig) -> None:
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())))
+    tmp.replace(run_dir / "config.yaml")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, mode: str, total: int, start: int, active: bool) -> None:
+        self.bar = None
+        self.active = active
+        if active and (mode == "bar" or (mode == "auto" and sys.stderr.isatty())):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        elif "val_loss" in record or record["step"] % 10 == 0:
+            val = f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else ""
+            log.info("step %d tokens %d loss %.4f lr %.2e %.0f tok/s%s", record["step"], record["tokens"],
+                     record["loss"], record["lr"], record["tokens_per_s"], val)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- Hydra --------------------------------------------------------------------------------------
+def run_config(node: Any) -> RunConfig:
+    """A RunConfig from a composed Hydra config (its `hydra` node dropped)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(node, resolve=True)
+    data.pop("hydra", None)
+    return RunConfig.from_dict(data)
+
+
+def _main() -> None:
+    import hydra
+
+    register_configs()
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+    def app(node) -> Any:
+        logging.getLogger("ablate").setLevel(logging.INFO)
+        with user_errors():
+            return train(run_config(node))
+
+    app()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors in what the user asked for end the command with their message, not a traceback."""
+    try:
+        yield
+    except (ConfigError, RunDirError, checkpoint.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,166 @@
+"""Data: the synthetic language and its probes, sources, tokenizer and token cache, batch order."""
+
+import json
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ablate.config import DataConfig, RunConfig
+from ablate.data.batches import Batches
+from ablate.data.synthetic import documents, probe_items, write_probes
+from ablate.data.tokens import prepare
+from ablate.registry import ConfigError
+
+from conftest import ROOT
+
+
+# ---- the synthetic language ------------------------------------------------------------------------
+def test_corpus_is_a_pure_function_of_its_seed():
+    a = list(documents(3, 20_000))
+    assert a == list(documents(3, 20_000))
+    assert a != list(documents(4, 20_000))
+    words = sum(d.count(" ") + 1 for d in a)
+    assert 20_000 <= words < 20_000 + 400
+
+
+def test_no_probe_item_appears_in_training_text():
+    text = "\n".join(documents(0, 400_000))
+    probes = probe_items(1234, 300)
+    for item in probes["agreement"]:
+        assert item["sentence_good"] not in text and item["sentence_bad"] not in text
+    for item in probes["recall"]:
+        assert item["context"] not in text
+    for item in probes["copy"]:
+        assert item["context"] not in text
+    # and training does contain the three kinds of structure the probes test
+    assert "themselves ." in text and " ask " in text and "copy : " in text
+
+
+def test_probes_are_well_formed_minimal_pairs_and_queries():
+    probes = probe_items(7, 200)
+    for item in probes["agreement"]:
+        good, bad = item["sentence_good"].split(), item["sentence_bad"].split()
+        assert len(good) == len(bad) and sum(g != b for g, b in zip(good, bad)) == 1
+    assert {i["distance"] for i in probes["agreement"]} == {0, 1, 2, 3, 4}
+    assert {i["phenomenon"] for i in probes["agreement"]} == {"subject_verb", "anaphor"}
+    for item in probes["recall"]:
+        key = item["context"].split()[-1]
+        table = item["context"].split(" . ask ")[0].removeprefix("table : ").split(" , ")
+        value = dict(pair.split() for pair in table)[key]
+        assert item["choices"][item["gold"]] == value
+    for item in probes["copy"]:
+        span = item["context"].removeprefix("copy : ").removesuffix(" |")
+        assert item["continuation"] == f" {span} ."
+
+
+def test_write_probes(tmp_path):
+    paths = write_probes(tmp_path, seed=5, n=20)
+    assert sorted(paths) == ["agreement", "copy", "recall"]
+    rows = [json.loads(line) for line in paths["agreement"].read_text().splitlines()]
+    assert len(rows) == 20 and "sentence_good" in rows[0]
+
+
+# ---- sources and errors ----------------------------------------------------------------------------
+def test_local_files_of_each_kind(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [f"document number {i} says hello to the world again and again." for i in range(400)]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs[:100]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"body": d}) + "\n" for d in docs[100:200]))
+    pq.write_table(pa.table({"body": docs[200:]}), tmp_path / "c.parquet")
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "a.txt")], vocab_size=300, val_tokens=200,
+                     cache_dir=str(tmp_path / "cache"))
+    txt = prepare(cfg)
+    assert txt.tokenizer.decode(list(txt.train[: txt.train.tolist().index(txt.tokenizer.eos_id)])) == docs[0]
+    for name in ("b.jsonl", "c.parquet"):
+        data = prepare(DataConfig(**{**cfg.__dict__, "paths": [str(tmp_path / name)], "text_field": "body"}))
+        assert len(data.train) + len(data.val) > 1000
+    with pytest.raises(ConfigError, match=r"data.text_field='text': not a field .*valid: body"):
+        prepare(DataConfig(**{**cfg.__dict__, "paths": [str(tmp_path / "b.jsonl")]}))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"source": "files", "paths": ["/nonexistent/*.jsonl"]}, "data.paths='/nonexistent/*.jsonl': matches no file"),
+    ({"source": "files", "paths": []}, "data=files needs one or more paths"),
+    ({"source": "hf", "name": None}, "needs a dataset name"),
+    ({"source": "kaggle"}, "valid: synthetic, files, hf"),
+])
+def test_bad_data_is_named(change, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        prepare(DataConfig(**{**DataConfig(cache_dir=str(tmp_path)).__dict__, **change}))
+
+
+def test_empty_corpus_and_tiny_vocab(tmp_path):
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"text": ""}) + "\n")
+    with pytest.raises(ConfigError, match="corpus is empty"):
+        prepare(DataConfig(source="files", paths=[str(tmp_path / "empty.jsonl")], cache_dir=str(tmp_path / "c")))
+    assert not [p for p in (tmp_path / "c").glob("tokens-*") if p.is_dir()], "a failed build leaves no directory"
+    with pytest.raises(ConfigError, match="data.vocab_size=100: a byte-level BPE needs at least 257"):
+        RunConfig.from_dict({"data": {"vocab_size": 100}})
+
+
+def test_missing_hf_dataset_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = DataConfig(source="hf", name="nobody/no-such-dataset", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="data.name='nobody/no-such-dataset': could not load the dataset"):
+        prepare(cfg)
+
+
+# ---- the cache under concurrency ----------------------------------------------------------------
+def test_processes_started_together_build_the_cache_once(tmp_path):
+    script = (
+        "import logging, sys, hashlib; logging.basicConfig(level=logging.INFO);"
+        "from ablate.config import DataConfig; from ablate.data.tokens import prepare;"
+        f"d = prepare(DataConfig(synthetic_words=80000, vocab_size=600, val_tokens=2048, cache_dir={str(tmp_path)!r}));"
+        "print(d.key, hashlib.sha256(bytes(d.train)).hexdigest())"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert len({o[0] for o in outs}) == 1  # the same tokens everywhere
+    logs = "".join(o[1] for o in outs)
+    assert logs.count("building") == 2, logs  # one tokenizer and one token file, by one process each
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir() if p.is_dir()) == ["tokenizer", "tokens"]
+
+
+# ---- batch order --------------------------------------------------------------------------------
+def test_batch_order_depends_on_data_seed_only():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    a, b = Batches(tokens, 16, seed=0), Batches(tokens, 16, seed=0)
+    x, y = a.sequences(0, 8)
+    assert torch.equal(x, b.sequences(0, 8)[0]) and torch.equal(y[:, :-1], x[:, 1:])
+    assert not torch.equal(x, Batches(tokens, 16, seed=1).sequences(0, 8)[0])
+    # a step's global batch is the same split over 1 or 2 processes, in the same order
+    one = torch.cat([m[0] for m in a.micro_batches(step=3, batch=8, micro=2)])
+    two = torch.cat([m[0] for r in (0, 1) for m in a.micro_batches(step=3, batch=8, micro=2, rank=r, world=2)])
+    assert torch.equal(one, two)
+    # every chunk once per epoch, then a new order
+    n = a.n_chunks
+    first = [a.chunk(i) for i in range(n)]
+    assert sorted(first) == list(range(n)) and [a.chunk(n + i) for i in range(n)] != first
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hf_dataset_source_from_a_local_dataset(tmp_path, streaming):
+    """The `hf` source calls datasets.load_dataset for real; here on a local dataset directory."""
+    root = tmp_path / "my_dataset"
+    root.mkdir()
+    docs = [f"story {i}: the cat sat on the mat and looked at the dog number {i % 7}." for i in range(600)]
+    (root / "train.jsonl").write_text("".join(json.dumps({"story": d}) + "\n" for d in docs))
+    cfg = DataConfig(source="hf", name=str(root), split="train", text_field="story", streaming=streaming,
+                     max_documents=500, vocab_size=300, val_tokens=500, cache_dir=str(tmp_path / "cache"))
+    data = prepare(cfg)
+    stream = np.concatenate([data.train, data.val])
+    assert int((stream == data.tokenizer.eos_id).sum()) == 500  # max_documents respected
+    first = stream[: list(stream).index(data.tokenizer.eos_id)]
+    assert data.tokenizer.decode(list(first)) == docs[0]
+    with pytest.raises(ConfigError, match=r"data.text_field='text': not a column .*valid: story"):
+        prepare(DataConfig(**{**cfg.__dict__, "text_field": "text"}))

@@ -1,0 +1,190 @@
+"""Training through the real entry points: falling loss, exact resume after SIGKILL, SIGTERM
+checkpoints, divergence, refusing a different config, skipping completed runs, DDP on gloo."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablate.config import RunConfig, run_name
+from ablate.model import Transformer
+from ablate.train import build_optimizer, lr_at
+
+from conftest import ROOT, run_cli, tiny_overrides
+
+TIMING = ("tokens_per_s", "elapsed_s")
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_trains_with_falling_loss(cache_dir, tmp_path):
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tiny"))
+    run = tmp_path / "default" / "tiny"
+    s = summary(run)
+    assert s["status"] == "completed" and s["step"] == s["steps_total"] == 40 and s["tokens_seen"] == 40960
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert rows[-1]["loss"] < 0.75 * rows[0]["loss"]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 4 and vals[-1] < vals[0] and math.isclose(s["val_loss"], vals[-1])
+    assert s["params"] == Transformer(RunConfig.from_dict(
+        {"model": _yaml(run / "config.yaml")["model"]}).model).num_parameters()
+    assert s["axes"]["position"] == "rope" and s["axes"]["attention"] == "mha" and s["flops_per_token"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000030.pt", "step_00000040.pt"]
+    # started again: completed runs are skipped, nothing is rewritten
+    before = (run / "metrics.jsonl").read_text()
+    out = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tiny"))
+    assert "already completed" in out.stderr + out.stdout and (run / "metrics.jsonl").read_text() == before
+
+
+def _yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def test_resume_after_sigkill_is_bit_exact(cache_dir, tmp_path):
+    extra = ("train.tokens=122880", "train.checkpoint_every=20")  # 120 steps
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *extra))
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=killed", *extra)
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "default" / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpt / "step_00000040.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = tmp_path / "default" / "killed"
+    assert summary(killed)["status"] == "running", "the kill must land mid-run"
+    run_cli("ablate.train", *args)
+    straight = tmp_path / "default" / "straight"
+    assert without_timing(metrics(killed)) == without_timing(metrics(straight))
+    a, b = summary(killed), summary(straight)
+    assert a["status"] == "completed" and (a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"])
+
+
+def test_sigterm_checkpoints_exits_and_resumes(cache_dir, tmp_path):
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=term", "train.tokens=204800", "train.checkpoint_every=1000")
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "default" / "term"
+    while not (run / "metrics.jsonl").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    s = summary(run)
+    assert s["status"] == "interrupted" and 0 < s["step"] < 200
+    assert (run / "checkpoints" / f"step_{s['step']:08d}.pt").exists()  # written on the signal, off schedule
+    run_cli("ablate.train", *args)
+    assert summary(run)["status"] == "completed" and [r["step"] for r in metrics(run)] == list(range(1, 201))
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=nan", "optim.lr=1e6", "optim.grad_clip=0",
+                          "train.checkpoint_every=2")
+    run_cli("ablate.train", *args)
+    run = tmp_path / "default" / "nan"
+    s = summary(run)
+    assert s["status"] == "diverged" and s["diverged_at_step"] == s["step"] + 0 and s["step"] < 40
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert saved and int(saved[-1][5:13]) < s["diverged_at_step"]
+    state = torch.load(run / "checkpoints" / saved[-1], weights_only=False)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert metrics(run)[-1]["loss"] in ("nan", "inf")
+
+
+def test_a_different_config_refuses_the_run_dir(cache_dir, tmp_path):
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=same", "train.tokens=10240"))
+    run = tmp_path / "default" / "same"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    out = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=same", "train.tokens=10240",
+                                                  "model.n_layers=3"), check=False)
+    assert out.returncode != 0
+    assert "model.n_layers: 2 -> 3" in out.stderr and "run_name=" in out.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "train.log"} == {
+        k: v for k, v in before.items() if k != "train.log"}
+
+
+def test_bad_config_fails_before_anything_is_written(cache_dir, tmp_path):
+    out = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=bad", "train.batch_tokens=1000"),
+                  check=False)
+    assert out.returncode != 0 and "train.batch_tokens=1000: must be a multiple of seq_len=64" in out.stderr
+    assert not (tmp_path / "default" / "bad" / "config.yaml").exists()
+
+
+def test_cfg_job_shows_the_composed_config():
+    out = run_cli("ablate.train", "model=gemma2", "model/position=alibi", "--cfg", "job")
+    assert "kind: alibi" in out.stdout and "softcap: 50.0" in out.stdout and "tokens: 1500000" in out.stdout
+
+
+def test_run_names_say_the_variant_and_seed():
+    choices = {"model": "gemma2", "model/position": "alibi", "model/attention": "mqa", "model/norm": "rmsnorm",
+               "model/placement": "sandwich", "model/mlp": "geglu", "data": "synthetic"}
+    assert run_name(choices, [], 2) == "gemma2-alibi-mqa-rmsnorm-sandwich-geglu-s2"
+    overrides = ["model.dim=512", "model/position=alibi", "seed=0", "train.progress=bar", "model.dim=256"]
+    assert run_name({**choices, "data": "tinystories"}, overrides, 0) == \
+        "gemma2-alibi-mqa-rmsnorm-sandwich-geglu-tinystories-dim=256-s0"
+
+
+def test_automatic_run_dir(cache_dir, tmp_path):
+    args = tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "model/position=alibi", "seed=3")
+    run_cli("ablate.train", *args)
+    (run,) = (tmp_path / "default").iterdir()
+    assert run.name == ("default-alibi-mha-rmsnorm-pre-swiglu-dim=64-n_layers=2-max_seq_len=64-synthetic_words=60000-"
+                        "vocab_size=512-val_tokens=2048-tokens=10240-batch_tokens=1024-warmup_steps=5-s3")
+    assert summary(run)["seed"] == 3
+
+
+def test_weight_decay_spares_norms_biases_and_embeddings():
+    cfg = RunConfig.from_dict({"model": {"position": {"kind": "learned"}, "attention": {"qkv_bias": True}}})
+    model = Transformer(cfg.model)
+    decay, no_decay = build_optimizer(model, cfg).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() == 2 and "embed" not in names[id(p)] and "table" not in names[id(p)] for p in decay["params"])
+    assert {"tok_embed.weight", "position.table.weight", "final_norm.weight", "blocks.0.attn.wqkv.bias"} <= {
+        names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_lr_schedule():
+    cfg = RunConfig.from_dict({"optim": {"lr": 1.0, "warmup_steps": 10, "min_lr_ratio": 0.1}})
+    assert lr_at(0, 110, cfg) == pytest.approx(0.1) and lr_at(9, 110, cfg) == pytest.approx(1.0)
+    assert lr_at(60, 110, cfg) == pytest.approx(0.55) and lr_at(110, 110, cfg) == pytest.approx(0.1)
+    cfg.optim.schedule = "linear"
+    assert lr_at(60, 110, cfg) == pytest.approx(0.55) and lr_at(35, 110, cfg) == pytest.approx(0.775)
+
+
+def test_ddp_two_processes_match_one(cache_dir, tmp_path):
+    """gloo, 2 processes, each half of the same global batch: the same loss curve as 1 process."""
+    common = ("train.tokens=20480", "train.micro_batch=4")
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=one", *common))
+    env = {"OMP_NUM_THREADS": "1"}
+    run_cli("torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "ablate.train",
+            *tiny_overrides(cache_dir, tmp_path, "run_name=two", *common), env=env)
+    one, two = metrics(tmp_path / "default" / "one"), metrics(tmp_path / "default" / "two")
+    assert summary(tmp_path / "default" / "two")["world_size"] == 2
+    assert len(one) == len(two) == 20
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    assert one[-1]["val_loss"] == pytest.approx(two[-1]["val_loss"], rel=1e-4)
