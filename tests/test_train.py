@@ -188,3 +188,21 @@ def test_ddp_two_processes_match_one(cache_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
     assert one[-1]["val_loss"] == pytest.approx(two[-1]["val_loss"], rel=1e-4)
+
+
+def test_bf16_autocast_on_cpu(cache_dir, tmp_path):
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=bf16", "train.precision=bf16",
+                                            "train.tokens=10240"))
+    s = summary(tmp_path / "default" / "bf16")
+    assert s["status"] == "completed" and math.isfinite(s["val_loss"])
+
+
+def test_prepare_then_train_with_a_tokenizer_file(cache_dir, tmp_path):
+    out = run_cli("ablate.prepare", *tiny_overrides(cache_dir, tmp_path))
+    assert "training and 2,048 validation tokens" in out.stdout
+    (tokenizer_json,) = cache_dir.glob("tokenizer-*/tokenizer.json")
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tokfile", "train.tokens=10240",
+                                            f"data.tokenizer={tokenizer_json}"))
+    s = summary(tmp_path / "default" / "tokfile")
+    assert s["status"] == "completed"
+    assert _yaml(tmp_path / "default" / "tokfile" / "config.yaml")["model"]["vocab_size"] % 64 == 0
