@@ -255,11 +255,33 @@ class TrainConfig:
     progress: str = "auto"  # auto (a bar on a terminal, log lines otherwise) | bar | lines
 
 
+@dataclass
+class SuiteConfig:
+    """One evaluation suite: lm-eval tasks (or groups), and / or extrapolation lengths."""
+
+    tasks: list[str] = field(default_factory=list)
+    lengths: list[float] = field(default_factory=list)  # multiples of the training sequence length
+
+
+@dataclass
+class EvalConfig:
+    """Zero-shot evaluation: which suites, on what data, how."""
+
+    suites: dict[str, SuiteConfig] = field(default_factory=dict)
+    limit: int | None = None  # items per task (all when null)
+    batch_size: int = 32
+    local_data: dict[str, str] = field(default_factory=dict)  # lm-eval task -> a local file to use instead
+    samples: bool = False  # also write each request and its answer
+    probe_items: int = 500  # items per probe task
+    probe_seed: int = 1234  # probes come from another seed than training text
+    extrapolation_tokens: int = 65_536  # held-out tokens scored at each length
+
+
 # Fields that change how a run is executed or reported, not what it computes: a run may resume
 # with them changed.
 OPERATIONAL = ("train.compile", "train.device", "train.threads", "train.log_every", "train.eval_every",
                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_at_end", "train.progress",
-               "train.micro_batch", "data.cache_dir", "model.attention.backend", "results_dir")
+               "train.micro_batch", "data.cache_dir", "model.attention.backend", "results_dir", "eval.")
 
 
 @dataclass
@@ -270,6 +292,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # initialisation and dropout; the batch order is data.seed
     experiment: str = "default"
     run_name: str = "run"
@@ -347,6 +370,11 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, value, "expected a mapping")
+        _, item = typing.get_args(hint)
+        return {str(k): _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
     if typing.get_origin(hint) is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, value, "expected a list")
@@ -418,18 +446,38 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="model_base", node=dataclasses.asdict(ModelConfig()))
     store.store(name="data_base", node=dataclasses.asdict(DataConfig()))
+    store.store(name="eval_base", node=dataclasses.asdict(EvalConfig()))
 
 
-def compose_model(overrides: list[str] | None = None, config_dir: str | None = None) -> ModelConfig:
-    """Compose conf/ with Hydra (e.g. ["model=gemma2", "model/position=alibi"]) and return the
-    validated ModelConfig; for notebooks and tests, where no Hydra app is running."""
+def compose_root(overrides: list[str] | None = None, config_dir: str | None = None) -> dict[str, Any]:
+    """Compose conf/config.yaml with Hydra's compose API (no app running) and return it as a plain
+    dict (the `hydra` node and run_name, which need a running app, left out). An unknown group
+    option raises ConfigError listing the options there are."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf
 
     register_configs()
-    config_dir = config_dir or str(Path(__file__).resolve().parent.parent / "conf")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        composed = compose(config_name="config", overrides=list(overrides or []))
-    return ModelConfig.from_dict(OmegaConf.to_container(composed.model, resolve=True))
+    conf = Path(config_dir) if config_dir else Path(__file__).resolve().parent.parent / "conf"
+    overrides = list(overrides or [])
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base=None):
+            composed = compose(config_name="config", overrides=overrides)
+    except MissingConfigException as err:
+        for item in overrides:
+            group, _, option = item.lstrip("+~").partition("=")
+            options = sorted(p.stem for p in (conf / group).glob("*.yaml")) if (conf / group).is_dir() else []
+            if options and option not in options:
+                raise ConfigError(group, option, "no such option", valid=options) from None
+        raise
+    composed = OmegaConf.to_container(composed, resolve=False)
+    composed.pop("run_name", None)
+    return OmegaConf.to_container(OmegaConf.create(composed), resolve=True)
+
+
+def compose_model(overrides: list[str] | None = None, config_dir: str | None = None) -> ModelConfig:
+    """The validated ModelConfig of conf/ under `overrides` (e.g. ["model=gemma2",
+    "model/position=alibi"]); for notebooks and tests, where no Hydra app is running."""
+    return ModelConfig.from_dict(compose_root(overrides, config_dir)["model"])

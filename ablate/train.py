@@ -74,8 +74,14 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     state = maybe_resume(run_dir, model, opt, cfg)
     if dist.is_main:
         write_config(run_dir, cfg)
-    runner = Runner(cfg, run_dir, dist, data, model, opt, state, device, autocast)
-    return runner.run()
+        data.tokenizer.inner.save(str(run_dir / "tokenizer.json"))
+    summary = Runner(cfg, run_dir, dist, data, model, opt, state, device, autocast).run()
+    if summary["status"] == "completed" and cfg.train.eval_at_end and dist.is_main:
+        # after the run has handed its signal handlers back: evaluation forks worker processes
+        from ablate.evaluate import evaluate_run
+
+        evaluate_run(run_dir, cfg.eval)
+    return summary
 
 
 class Runner:
@@ -179,12 +185,7 @@ class Runner:
 
     def finish(self) -> dict[str, Any]:
         self.save()
-        summary = self.write_summary("completed")
-        if self.cfg.train.eval_at_end and self.dist.is_main:
-            from ablate.evaluate import evaluate_run  # the evaluation suite, when installed
-
-            evaluate_run(self.run_dir)
-        return summary
+        return self.write_summary("completed")
 
     def diverged(self, record: dict[str, Any]) -> dict[str, Any]:
         """A NaN / inf loss: stop, keep the last good checkpoint, say where."""

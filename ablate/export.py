@@ -1,0 +1,54 @@
+"""`ablate-export run=PATH [out=DIR] [checkpoint=FILE]`: a run's checkpoint as a transformers
+model directory (save_pretrained, with its tokenizer), for the variants a transformers class
+implements. Default out: <run>/hf."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ablate.data.tokens import EOS, Tokenizer
+from ablate.lm import RunError, load_run
+from ablate.registry import ConfigError
+
+
+def hf_tokenizer(tokenizer: Tokenizer):
+    """Our tokenizer as a transformers fast tokenizer, end-of-text as its eos token."""
+    from transformers import PreTrainedTokenizerFast
+
+    eos = tokenizer.inner.id_to_token(tokenizer.eos_id) or EOS
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.inner, eos_token=eos)
+
+
+def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str | Path | None = None) -> Path:
+    """Write the transformers model and tokenizer of `run` to `out`; ConfigError when no
+    transformers class computes this variant (the message says, family by family, what differs)."""
+    from ablate.hf import to_hf
+
+    model, tokenizer, _ = load_run(run, checkpoint)
+    hf_model = to_hf(model)
+    out = Path(out) if out else Path(run) / "hf"
+    hf_model.save_pretrained(out)
+    hf_tokenizer(tokenizer).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0 if argv else 2
+    args = dict(a.partition("=")[::2] for a in argv)
+    unknown = sorted(set(args) - {"run", "out", "checkpoint"})
+    try:
+        if unknown or "run" not in args:
+            raise ConfigError("argument", unknown or argv, "expected run=PATH [out=DIR] [checkpoint=FILE]")
+        print(export_run(args["run"], args.get("out"), args.get("checkpoint")))
+        return 0
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
