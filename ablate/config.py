@@ -89,6 +89,7 @@ class ModelConfig:
     embedding_scale: bool = False  # multiply token embeddings by sqrt(dim) (Gemma)
     tie_embeddings: bool = True
     logit_softcap: float | None = None  # cap * tanh(logits / cap) on the output (Gemma 2: 30)
+    match_mha_params: bool = False  # widen the MLP of GQA / MQA back to MHA's parameter count (Llama 2)
     dropout: float = 0.0
     init_std: float = 0.02
 
@@ -112,13 +113,18 @@ class ModelConfig:
 
     @property
     def mlp_hidden_dim(self) -> int:
-        if self.mlp.hidden_dim is not None:
-            return self.mlp.hidden_dim
         from ablate.model.mlp import MLPS
 
-        if MLPS.get(self.mlp.kind, "model.mlp.kind").gated:
-            return 8 * math.ceil(8 * self.dim / 3 / 8)
-        return 4 * self.dim
+        gated = MLPS.get(self.mlp.kind, "model.mlp.kind").gated
+        hidden = self.mlp.hidden_dim
+        if hidden is None:
+            hidden = 8 * math.ceil(8 * self.dim / 3 / 8) if gated else 4 * self.dim
+        if self.match_mha_params and self.n_kv_heads < self.n_heads:
+            # the key/value parameters GQA / MQA saves, spent on hidden units of the MLP
+            saved = 2 * (self.n_heads - self.n_kv_heads) * self.head_dim * (self.dim + self.attention.qkv_bias)
+            per_unit = (3 if gated else 2) * self.dim + ((2 if gated else 1) if self.mlp.bias else 0)
+            hidden += round(saved / per_unit)
+        return hidden
 
     def layer_window(self, layer: int) -> int | None:
         """The sliding window of layer `layer`, or None where it attends globally."""
@@ -277,11 +283,19 @@ class EvalConfig:
     extrapolation_tokens: int = 65_536  # held-out tokens scored at each length
 
 
+@dataclass
+class CostConfig:
+    """What a sweep's plan assumes to turn FLOPs into GPU-hours."""
+
+    gpu_tflops: float = 989.0  # peak dense bf16 TFLOP/s of one GPU (H100 SXM)
+    mfu: float = 0.4  # the fraction of peak a run achieves
+
+
 # Fields that change how a run is executed or reported, not what it computes: a run may resume
 # with them changed.
 OPERATIONAL = ("train.compile", "train.device", "train.threads", "train.log_every", "train.eval_every",
                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_at_end", "train.progress",
-               "train.micro_batch", "data.cache_dir", "model.attention.backend", "results_dir", "eval.")
+               "train.micro_batch", "data.cache_dir", "model.attention.backend", "results_dir", "eval.", "plan", "cost.")
 
 
 @dataclass
@@ -297,6 +311,8 @@ class RunConfig:
     experiment: str = "default"
     run_name: str = "run"
     results_dir: str = "results"
+    plan: bool = False  # with -m: list the jobs and their cost, launch nothing
+    cost: CostConfig = field(default_factory=CostConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
@@ -415,8 +431,9 @@ def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str
     built-in one, the other command-line overrides that change what is computed (last part of the
     key, the last value given), and the seed.
     E.g. default-rope-mha-rmsnorm-pre-swiglu-s0, gpt2-alibi-mqa-layernorm-pre-gelu_tanh-dim=512-s1."""
-    parts = [choices.get(g) for g in ("model", "model/position", "model/attention", "model/norm",
-                                      "model/placement", "model/mlp")]
+    axes = ("model/position", "model/attention", "model/norm", "model/placement", "model/mlp")
+    extra = sorted(g for g in choices if g.startswith("model/") and g not in axes)  # e.g. model/softcap
+    parts = [choices.get(g) for g in ("model", *axes, *extra)]
     if choices.get("data") not in (None, "synthetic"):
         parts.append(choices["data"])
     named: dict[str, str] = {}
@@ -430,7 +447,7 @@ def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str
     return "-".join(str(p) for p in parts if p is not None) + f"-s{seed}"
 
 
-_UNNAMED = ("seed", "experiment", "results_dir", "run_name")
+_UNNAMED = ("seed", "experiment", "results_dir", "run_name", "plan")
 
 
 def register_configs() -> None:
@@ -443,6 +460,9 @@ def register_configs() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("ablate_run_name", run_name, replace=True)
+    from ablate.sweep import register as register_sweeper
+
+    register_sweeper()
     store = ConfigStore.instance()
     store.store(name="model_base", node=dataclasses.asdict(ModelConfig()))
     store.store(name="data_base", node=dataclasses.asdict(DataConfig()))

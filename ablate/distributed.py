@@ -46,6 +46,14 @@ class Dist:
             value /= self.world
         return value
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on one (so that all ranks stop at the same step)."""
+        if not self.active:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device="cuda" if td.get_backend() == "nccl" else "cpu")
+        td.all_reduce(value, op=td.ReduceOp.MAX)
+        return bool(value.item())
+
     def barrier(self) -> None:
         if self.active:
             td.barrier()

@@ -110,7 +110,7 @@ class Runner:
                     return self.diverged(record)
                 self.maybe_evaluate(record)
                 self.log(record, progress)
-                if self.signalled is not None:
+                if self.dist.any(self.signalled is not None):
                     return self.interrupted(previous)
                 if not self.maybe_checkpoint():
                     return self.diverged({**record, "loss": math.nan})
@@ -198,18 +198,18 @@ class Runner:
         return self.write_summary("diverged", diverged_at_step=record["step"])
 
     def interrupted(self, previous: dict[int, Any]) -> dict[str, Any]:
-        """SIGTERM / SIGUSR2 (Slurm before a time limit or preemption): checkpoint, then let the
-        launcher requeue (its own handler, if it had one) or exit."""
-        signum = self.signalled
+        """SIGTERM / SIGUSR2 (Slurm before a time limit, preemption, scontrol requeue): checkpoint,
+        then leave without a result. SIGUSR2 goes on to the launcher's own handler where there is one
+        (submitit's requeues the job); otherwise the process exits with 128 + the signal, so that a
+        requeued job runs again and resumes, and nobody mistakes the run for finished."""
+        signum = self.signalled or signal.SIGUSR2  # a rank that got none follows the one that did
         log.warning("signal %d at step %d: checkpointing before exit", signum, self.state.step)
         self.save()
-        summary = self.write_summary("interrupted", signal=signum)
+        self.write_summary("interrupted", signal=signum)
         handler = previous.get(signum)
-        if callable(handler):
+        if signum == signal.SIGUSR2 and callable(handler):
             handler(signum, None)
-        else:
-            raise SystemExit(128 + signum)
-        return summary
+        raise SystemExit(128 + signum)
 
     def catch_signals(self) -> dict[int, Any]:
         previous = {}
@@ -324,7 +324,8 @@ def pick_device(cfg: RunConfig) -> tuple[torch.device, Any]:
 
 def set_threads(cfg: RunConfig, dist: Dist) -> None:
     """Oversubscribed cores are catastrophic for CPU training: share them among local processes."""
-    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // dist.local_world)
+    cores = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) * dist.local_world or os.cpu_count() or 1
+    threads = cfg.train.threads or max(1, cores // dist.local_world)
     torch.set_num_threads(threads)
 
 
@@ -434,15 +435,17 @@ def run_config(node: Any) -> RunConfig:
     """A RunConfig from a composed Hydra config (its `hydra` node dropped)."""
     from omegaconf import OmegaConf
 
-    data = OmegaConf.to_container(node, resolve=True)
-    data.pop("hydra", None)
-    return RunConfig.from_dict(data)
+    data = OmegaConf.to_container(node, resolve=False)
+    data.pop("hydra", None)  # resolving it needs a running job; ${hydra:...} reads HydraConfig instead
+    return RunConfig.from_dict(OmegaConf.to_container(OmegaConf.create(data), resolve=True))
 
 
 def _main() -> None:
     import hydra
 
     register_configs()
+    if "--plan" in sys.argv:  # the dry run of a sweep, spelled as a flag
+        sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def app(node) -> Any:

@@ -1,0 +1,140 @@
+"""The sweeper behind `ablate-train -m`: Hydra's basic grid, plus three things a cluster needs.
+
+1. Every job's config is composed and validated before anything is launched: one impossible
+   combination stops the whole sweep, naming the job and the field, with nothing queued.
+2. `plan=true` (or `--plan`) prints the jobs, their run directories, their state and an estimated
+   cost (tokens x FLOPs/token -> GPU-hours at a stated MFU), writes the jobs' overrides to
+   `<sweep dir>/jobs.txt` (one line per job: what a Slurm job array reads), and launches nothing.
+3. Runs already completed are not launched again; unfinished ones are, and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ablate.config import RunConfig
+from ablate.model.facts import model_facts
+from ablate.registry import ConfigError
+
+log = logging.getLogger("ablate.sweep")
+
+
+@dataclass
+class AblateSweeperConf:
+    _target_: str = "hydra_plugins.ablate_sweeper.AblateSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+
+
+def register() -> None:
+    ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf)
+
+
+@dataclass
+class Job:
+    overrides: list[str]
+    config: RunConfig
+    run_dir: Path
+    status: str  # new, completed, running, failed, diverged, interrupted
+
+
+class PlanningSweeper(Sweeper):
+    """A grid over `hydra.sweeper.params` and the command line's comma lists, as Hydra's basic
+    sweeper builds it. (Not a subclass of it: Hydra loads its core plugins a second time while
+    scanning, and a subclass of the first copy fails its own super() calls.)"""
+
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.max_batch_size, self.params = max_batch_size, dict(params or {})
+        self.hydra_context = self.config = self.launcher = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        grid = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        jobs = [self._job(job) for job in grid]  # raises on the first bad combination
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "jobs.txt").write_text("".join(
+            " ".join(shlex.quote(o) for o in j.overrides if not o.startswith("plan=")) + "\n" for j in jobs))
+        with open(sweep_dir / "runs.jsonl", "w") as out:  # what ablate-report expects to find
+            for j in jobs:
+                out.write(json.dumps({"run": j.run_dir.name, "config": j.config.to_dict()}) + "\n")
+        print(plan_table(jobs, self.config))
+        if self.config.get("plan", False):
+            return []
+        todo = [j.overrides for j in jobs if j.status != "completed"]
+        skipped = len(jobs) - len(todo)
+        if skipped:
+            log.info("%d of %d runs already completed: not launched again", skipped, len(jobs))
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns, size = [], self.max_batch_size or len(todo) or 1
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for r in results:
+                _ = r.return_value  # raise if a job failed
+            returns.append(results)
+        return returns
+
+    def _job(self, overrides: Sequence[str]) -> Job:
+        """Compose and validate one job of the grid."""
+        loader = self.hydra_context.config_loader
+        cfg = loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        try:
+            from ablate.train import run_config
+
+            run = run_config(cfg)
+        except ConfigError as err:
+            raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- in the sweep job "
+                              f"[{' '.join(overrides)}]; nothing was launched") from None
+        run_dir = Path(run.results_dir) / run.experiment / run.run_name
+        return Job(list(overrides), run, run_dir, _status(run_dir))
+
+
+def _status(run_dir: Path) -> str:
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text()).get("status", "unknown")
+    return "new"
+
+
+def plan_table(jobs: list[Job], config: Any) -> str:
+    """Jobs, run dirs, state and cost; the GPU-hours assume the stated GPU FLOP/s and MFU."""
+    cost = config.get("cost", {})
+    flops, mfu = float(cost.get("gpu_tflops", 989.0)) * 1e12, float(cost.get("mfu", 0.4))
+    lines, total = [], 0.0
+    for i, job in enumerate(jobs):
+        f = model_facts(job.config.model, job.config.seq_len)
+        hours = job.config.train.tokens * f.flops_per_token / (flops * mfu) / 3600
+        total += hours if job.status != "completed" else 0.0
+        lines.append(f"{i:>3}  {job.status:<11} {f.params / 1e6:8.2f}M  {f.flops_per_token:10.3g}  "
+                     f"{job.config.train.tokens:>12,}  {hours:9.3g}  {job.run_dir}")
+    header = (f"{len(jobs)} jobs; cost at {flops / 1e12:g} TFLOP/s per GPU and {mfu:.0%} MFU "
+              f"(cost.gpu_tflops, cost.mfu)\n  #  status      params    FLOPs/tok        tokens  GPU-hours  run dir")
+    todo = sum(j.status != "completed" for j in jobs)
+    return "\n".join([header, *lines, f"to run: {todo} jobs, {total:.3g} GPU-hours"])

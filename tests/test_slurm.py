@@ -1,0 +1,101 @@
+"""Sweeps through the real Slurm scheduler (the local cluster of slurm/local-cluster.sh in CI):
+a 3-variant multirun completes, a requeued job resumes to the same final loss, and a bad sweep is
+rejected before anything is queued. Skipped where no Slurm cluster answers."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli, tiny_overrides
+
+
+def _slurm_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed", "allocated"))
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not _slurm_up(), reason="no Slurm cluster answers")]
+SLURM_ENV = {"ABLATE_SLURM_CPUS": "1", "ABLATE_SLURM_MEM_GB": "2", "ABLATE_SLURM_TIME_MIN": "20"}
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _queued() -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+def test_three_variant_sweep_on_slurm(cache_dir, tmp_path):
+    run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi", 
+            *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
+    runs = sorted(p for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists())
+    assert [r.name.split("-")[1] for r in runs] == ["alibi", "learned", "rope"]
+    assert all(_summary(r)["status"] == "completed" for r in runs)
+    assert list((tmp_path / "default" / ".submitit").iterdir()), "the jobs went through submitit"
+    # the same sweep again: everything completed, nothing is queued
+    out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi", 
+                  *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
+    assert "to run: 0 jobs" in out.stdout
+
+
+def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
+    common = ("train.tokens=1024000", "train.checkpoint_every=50", "train.threads=1", "train.log_every=50",
+              "train.eval_every=0")
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *common))
+    args = ["-m", "hydra/launcher=slurm", "run_name=requeued",
+            *tiny_overrides(cache_dir, tmp_path, *common)]
+    sweep = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env={**__import__("os").environ, **SLURM_ENV})
+    run = tmp_path / "default" / "requeued"
+    deadline = time.time() + 300
+    while not list((run / "checkpoints").glob("step_*.pt")) if (run / "checkpoints").exists() else True:
+        assert time.time() < deadline and sweep.poll() is None, sweep.stdout.read() if sweep.poll() else "timeout"
+        time.sleep(0.2)
+    (job,) = [p.name for p in (tmp_path / "default" / ".submitit").iterdir() if p.name.isdigit()]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    output, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, output[-3000:]
+    s, straight = _summary(run), _summary(tmp_path / "default" / "straight")
+    assert s["status"] == "completed" and s["steps_total"] == 1000
+    assert (s["train_loss"], s["val_loss"]) == (straight["train_loss"], straight["val_loss"])
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    assert "Restarts=1" in shown, "the job really was requeued"
+
+
+def test_bad_sweep_queues_nothing(cache_dir, tmp_path):
+    before = _queued()
+    out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model.attention.n_kv_heads=1,3",
+                  *tiny_overrides(cache_dir, tmp_path), env=SLURM_ENV, check=False)
+    assert out.returncode != 0
+    assert "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr and "nothing was launched" in out.stderr
+    assert _queued() == before and not (tmp_path / "default" / ".submitit").exists()
+
+
+def test_sbatch_template_checkpoints_and_requeues_on_signal(cache_dir, tmp_path):
+    """slurm/train.sbatch (torchrun): SIGUSR2 to the batch shell, as Slurm sends before the time
+    limit -> ablate checkpoints and exits -> the job requeues itself and resumes to completion."""
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=sig", "train.tokens=1024000", "train.threads=1",
+                          "train.checkpoint_every=50", "train.eval_every=0", "train.log_every=50")
+    job = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G",
+                          f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "train.sbatch"), *args],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    run = tmp_path / "default" / "sig"
+    deadline = time.time() + 300
+    while not (run / "checkpoints").exists() or not list((run / "checkpoints").glob("step_*.pt")):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job], check=True)
+    while not (run / "summary.json").exists() or _summary(run)["status"] != "completed":
+        assert time.time() < deadline + 300, (tmp_path / f"slurm-{job}.out").read_text()[-3000:]
+        time.sleep(1)
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    assert "checkpointing before exit" in log and "resuming" in log
+    assert "Restarts=1" in subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
