@@ -1,0 +1,361 @@
+"""`ablate-report experiment=NAME` (or a path): runs -> one tidy DataFrame -> tables and plots.
+
+    ablate-report experiment=positions [results_dir=results] [baseline=rope]
+
+Writes results/<experiment>/report/: table.md, table.csv, table.tex (booktabs), loss.png,
+extrapolation.png, scores.png; prints the table. Works on any run directories, complete or not:
+failed, diverged, running and missing runs, and runs without an eval, appear as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ablate.registry import ConfigError
+
+# the metric that stands for a task in the table, in order of preference
+MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
+COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
+        "kv_bytes_per_token": "KV bytes/token", "tokens_per_s": "tokens/s", "wall_time_s": "wall time (s)"}
+Z95 = 1.96
+
+
+# ---- collect ------------------------------------------------------------------------------------
+def collect(experiment_dir: str | Path) -> pd.DataFrame:
+    """Every run of an experiment as tidy rows: run, status, seed, variant, task, metric, value, stderr.
+
+    `variant` names what differs between the runs' model / data / optim / train configs (the
+    ablated axis, found, not declared); `seed` is kept apart. Runs named in jobs.txt (written by a
+    planned sweep) without a directory appear with status `missing`."""
+    root = Path(experiment_dir)
+    runs = sorted(p for p in root.iterdir() if (p / "config.yaml").exists()) if root.is_dir() else []
+    planned = _planned(root)
+    if not runs and not planned:
+        raise ConfigError("experiment", str(root), "holds no runs")
+    configs = {run: _flat_config(run) for run in runs}
+    missing = {root / name: cfg for name, cfg in planned.items() if root / name not in configs}
+    axes = varying([*configs.values(), *missing.values()])
+    rows: list[dict[str, Any]] = [
+        {"run": run.name, "status": "missing", "seed": cfg.get("seed", 0), "variant": variant_name(cfg, axes),
+         "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan}
+        for run, cfg in missing.items()]
+    for run in runs:
+        cfg = configs[run]
+        summary = _read_json(run / "summary.json") or {"status": "never started"}
+        base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
+                "variant": variant_name(cfg, axes)}
+        for key in ("val_loss", "val_ppl", "train_loss", *COST):
+            if key in summary:
+                rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
+        evals = sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []
+        if not evals:
+            rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
+        for path in evals:
+            rows += _eval_rows(base, _read_json(path) or {})
+    return pd.DataFrame(rows)
+
+
+def _eval_rows(base: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key:
+                continue
+            metric = key.split(",")[0]
+            stderr = metrics.get(key.replace(",", "_stderr,", 1))
+            rows.append({**base, "task": task, "metric": metric, "value": _num(value), "stderr": _num(stderr)})
+    return rows
+
+
+def varying(configs) -> list[str]:
+    """Config fields (except seed and bookkeeping) whose values differ between runs."""
+    configs = list(configs)
+    skip = ("seed", "run_name", "results_dir", "experiment", "eval.", "train.eval_at_end", "train.progress",
+            "train.log_every", "train.checkpoint_every", "train.eval_every", "train.keep_checkpoints", "plan",
+            "cost.", "data.cache_dir", "train.threads", "train.device", "train.compile", "train.micro_batch",
+            "model.vocab_size")  # set from the tokenizer at training time
+    keys = sorted({k for c in configs for k in c if not k.startswith(skip)})
+    return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+
+
+def variant_name(cfg: dict[str, Any], axes: list[str]) -> str:
+    if not axes:
+        return "all"
+    return ", ".join(f"{k.split('.')[-1]}={cfg.get(k)}" if len(axes) > 1 or not isinstance(cfg.get(k), str)
+                     else str(cfg.get(k)) for k in axes)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _flat_config(run: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return _flat(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
+
+
+def _planned(root: Path) -> dict[str, dict[str, Any]]:
+    """Runs a planned or launched sweep expects (runs.jsonl, written by ablate's sweeper)."""
+    path = root / "runs.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return {r["run"]: _flat(r["config"]) for r in rows}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ---- the table ----------------------------------------------------------------------------------
+def main_metrics(df: pd.DataFrame) -> dict[str, str]:
+    """task -> the metric that represents it (acc, else perplexity, ...); extrapolation rows keep perplexity."""
+    chosen = {}
+    for task, group in df[~df.task.isin(["train", "eval"])].groupby("task"):
+        for metric in MAIN_METRICS:
+            if metric in set(group.metric):
+                chosen[task] = metric
+                break
+    return chosen
+
+
+def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """One row per variant: per task the mean over seeds with its spread, the average accuracy
+    over tasks, validation loss, costs; the difference to the baseline; run counts by status.
+
+    Spread: with several seeds, the standard error of the mean over seeds; with one seed, the
+    item-level standard error lm-eval reports. A difference to the baseline is marked not
+    significant when |delta| < 1.96 x sqrt(se_variant^2 + se_baseline^2) (a two-sided z-test at 5%)."""
+    metrics = main_metrics(df)
+    variants = list(dict.fromkeys(df.variant))
+    baseline = baseline if baseline in variants else variants[0]
+    table = []
+    for variant in variants:
+        part = df[df.variant == variant]
+        runs = part.drop_duplicates("run")
+        ok = runs[runs.status == "completed"]
+        row: dict[str, Any] = {"variant": variant, "seeds": len(ok),
+                               "runs": ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())}
+        scores = []
+        for task, metric in metrics.items():
+            mean, se = _mean_se(part[(part.task == task) & (part.metric == metric) & (part.status == "completed")])
+            row[f"{task}|{metric}"], row[f"{task}|{metric}|se"] = mean, se
+            if metric == "acc" and not math.isnan(mean):
+                scores.append((mean, se))
+        if scores:
+            row["average|acc"] = float(np.mean([m for m, _ in scores]))
+            row["average|acc|se"] = float(math.sqrt(sum(s**2 for _, s in scores if not math.isnan(s)))) / len(scores)
+        for key in ("val_loss", *COST):
+            mean, se = _mean_se(part[(part.task == "train") & (part.metric == key) & (part.status == "completed")])
+            row[f"train|{key}"], row[f"train|{key}|se"] = mean, se
+        table.append(row)
+    out = pd.DataFrame(table).set_index("variant")
+    out.attrs["baseline"] = baseline
+    return out
+
+
+def _mean_se(rows: pd.DataFrame) -> tuple[float, float]:
+    values = rows.value.dropna()
+    if values.empty:
+        return math.nan, math.nan
+    if len(values) > 1:
+        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+    return float(values.iloc[0]), float(rows.stderr.iloc[0]) if not rows.stderr.empty else math.nan
+
+
+def deltas(summary: pd.DataFrame) -> pd.DataFrame:
+    """For each score column: variant - baseline, and whether it is significant (see summarize)."""
+    base = summary.attrs["baseline"]
+    out = {}
+    for col in [c for c in summary.columns if c.count("|") == 1 and not c.startswith("train|") or c == "train|val_loss"]:
+        se = summary.get(col + "|se", pd.Series(math.nan, index=summary.index)).fillna(0.0)
+        d = summary[col] - summary.loc[base, col]
+        out[col] = d
+        out[col + "|sig"] = d.abs() > Z95 * np.sqrt(se**2 + se.loc[base] ** 2)
+    return pd.DataFrame(out, index=summary.index)
+
+
+HIGHER_IS_BETTER = {"acc": True, "perplexity": False, "word_perplexity": False, "val_loss": False}
+
+
+def render(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Strings for the table (mean ± se, delta, best in bold, † where not significant) and the legend."""
+    d = deltas(summary)
+    base = summary.attrs["baseline"]
+    cols = [c for c in d.columns if not c.endswith("|sig")]
+    shown = pd.DataFrame(index=summary.index)
+    shown["runs"] = summary["runs"]
+    for col in cols:
+        metric = col.split("|")[-1]
+        better = HIGHER_IS_BETTER.get(metric, True)
+        values = summary[col]
+        best = values.max() if better else values.min()
+        cells = []
+        for variant in summary.index:
+            v, se = values[variant], summary.get(col + "|se", pd.Series(math.nan, index=summary.index))[variant]
+            if math.isnan(v):
+                cells.append("n/a")
+                continue
+            text = f"{_fmt(v)} ± {_fmt(se)}" if not math.isnan(se) else _fmt(v)
+            if variant != base:
+                text += f" ({d.loc[variant, col]:+.3g}{'' if d.loc[variant, col + '|sig'] else '†'})"
+            if v == best and values.notna().sum() > 1:
+                text = f"**{text}**"
+            cells.append(text)
+        shown[col.replace("|", " ")] = cells
+    for key, name in COST.items():
+        shown[name] = [_fmt(x) for x in summary[f"train|{key}"]]
+    legend = (f"Mean over completed seeds ± standard error (over seeds; lm-eval's item stderr for a single "
+              f"seed). (delta) is the difference to the baseline `{base}`; † marks a difference not larger "
+              f"than noise: |delta| < 1.96 sqrt(se² + se_baseline²), a two-sided z-test at 5%. Bold: best. "
+              f"`average acc` is the mean accuracy over tasks, as BigScience reported.")
+    return shown, legend
+
+
+def _fmt(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if abs(x) >= 1e5:
+        return f"{x:.3g}"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}"
+
+
+# ---- plots --------------------------------------------------------------------------------------
+def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    runs = df.drop_duplicates("run").set_index("run")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, group in runs.groupby("variant", sort=False):
+        curves = [_loss_curve(experiment_dir / run) for run in group.index]
+        curves = [c for c in curves if c is not None]
+        if not curves:
+            continue
+        merged = pd.concat(curves, axis=1).sort_index()
+        mean, lo, hi = merged.mean(axis=1), merged.min(axis=1), merged.max(axis=1)
+        ax.plot(mean.index, mean.values, label=variant)
+        ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2)
+    ax.set(xlabel="tokens", ylabel="training loss", title="Loss (mean, band: min-max over seeds)")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "loss.png"))
+
+    extra = df[df.task.str.startswith("extrapolation_") & (df.metric == "perplexity")]
+    if not extra.empty:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        lengths = {t: float(t.split("_")[-1].rstrip("x")) for t in extra.task.unique()}
+        for variant, group in extra.groupby("variant", sort=False):
+            pts = group.groupby("task").value.mean().rename(index=lengths).sort_index()
+            ax.plot(pts.index, pts.values, marker="o", label=variant)
+        ax.set(xscale="log", yscale="log", xlabel="evaluation length / training length",
+               ylabel="perplexity", title="Length extrapolation (n/a points omitted)")
+        ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out / "extrapolation.png"))
+
+    if "average|acc" in summary:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        se = summary["average|acc|se"].fillna(0.0)
+        ax.bar(summary.index, summary["average|acc"], yerr=Z95 * se, capsize=4)
+        ax.set(ylabel="average accuracy", title="Average accuracy over tasks (95% interval)")
+        ax.tick_params(axis="x", rotation=30)
+        paths.append(_save(fig, out / "scores.png"))
+    return paths
+
+
+def _loss_curve(run: Path) -> pd.Series | None:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    points = {r["tokens"]: _num(r["loss"]) for r in rows}
+    return pd.Series(points, dtype=float) if points else None
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str, Path]:
+    """Build the tables and plots of an experiment; returns the files written."""
+    experiment_dir = Path(experiment_dir)
+    df = collect(experiment_dir)
+    out = experiment_dir / "report"
+    out.mkdir(exist_ok=True)
+    for run, status in df.drop_duplicates("run")[["run", "status"]].itertuples(index=False):
+        if status != "completed":
+            warnings.warn(f"{run}: {status}; left out of the means", stacklevel=2)
+    for run in df[(df.task == "eval") & (df.metric == "missing")].run.unique():
+        warnings.warn(f"{run}: no evaluation results", stacklevel=2)
+    summary = summarize(df, baseline)
+    shown, legend = render(summary)
+    written = {"csv": out / "table.csv", "md": out / "table.md", "tex": out / "table.tex"}
+    summary.to_csv(written["csv"])
+    written["md"].write_text(shown.to_markdown() + "\n\n" + legend + "\n")
+    tex = shown.rename(columns=lambda c: c.replace("_", r"\_")).to_latex(escape=False).replace("**", "")
+    tex = tex.replace("±", r"$\pm$").replace("†", r"$^\dagger$")
+    written["tex"].write_text(tex.replace("_", r"\_").replace(r"\\_", r"\_"))
+    for path in plot(experiment_dir, df, summary, out):
+        written[path.stem] = path
+    print(shown.to_markdown())
+    print("\n" + legend)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0 if argv else 2
+    args = dict(a.partition("=")[::2] for a in argv)
+    root = Path(args.get("results_dir", "results"))
+    target = Path(args["path"]) if "path" in args else root / args.get("experiment", "")
+    try:
+        if "experiment" not in args and "path" not in args:
+            raise ConfigError("argument", argv, "say experiment=NAME or path=DIR")
+        if not target.is_dir():
+            there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise ConfigError("experiment", str(target), "no such directory", valid=there or None)
+        for name, path in report(target, args.get("baseline")).items():
+            print(f"{name}: {path}")
+        return 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

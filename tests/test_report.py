@@ -1,0 +1,111 @@
+"""ablate-report: tables from hand-made run directories with known numbers, and from a real sweep."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ablate.config import ModelConfig, RunConfig
+from ablate.report import collect, deltas, render, report, summarize
+
+from conftest import run_cli, tiny_overrides
+
+
+def make_run(root: Path, position: str, seed: int, status: str = "completed", acc: float | None = None,
+             val_loss: float = 3.0, ppl: dict[str, float] | None = None) -> Path:
+    cfg = RunConfig()
+    cfg.model.position.kind, cfg.seed, cfg.run_name = position, seed, f"{position}-s{seed}"
+    run = root / cfg.run_name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (run / "summary.json").write_text(json.dumps({
+        "status": status, "val_loss": val_loss, "non_embedding_params": 1000, "flops_per_token": 6000,
+        "kv_bytes_per_token": 64, "tokens_per_s": 100.0, "wall_time_s": 10.0}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "tokens": 100 * i, "loss": 5.0 - i / 10})
+                                               + "\n" for i in range(1, 6)))
+    if acc is not None:
+        (run / "eval").mkdir()
+        results = {"task_a": {"acc,none": acc, "acc_stderr,none": 0.01}}
+        for length, value in (ppl or {}).items():
+            results[f"extrapolation_{length}x"] = {"perplexity,none": value, "perplexity_stderr,none": 0.1}
+        (run / "eval" / "probes.json").write_text(json.dumps({"results": results}))
+    return run
+
+
+@pytest.fixture
+def experiment(tmp_path) -> Path:
+    root = tmp_path / "exp"
+    make_run(root, "rope", 0, acc=0.60, val_loss=3.0, ppl={1: 20.0, 4: 40.0})
+    make_run(root, "rope", 1, acc=0.70, val_loss=3.2, ppl={1: 22.0, 4: 44.0})
+    make_run(root, "alibi", 0, acc=0.80, val_loss=2.9, ppl={1: 21.0, 4: 21.0})
+    make_run(root, "alibi", 1, acc=0.90, val_loss=2.9, ppl={1: 21.0, 4: 22.0})
+    make_run(root, "learned", 0, status="failed")
+    make_run(root, "sinusoidal", 0, acc=0.62)
+    make_run(root, "sinusoidal", 1, status="diverged", acc=0.10)
+    planned = RunConfig()
+    planned.model.position.kind, planned.seed = "learned", 1
+    (root / "runs.jsonl").write_text(json.dumps({"run": "learned-s1", "config": planned.to_dict()}) + "\n")
+    return root
+
+
+def test_collect_is_tidy_and_finds_the_axis(experiment):
+    df = collect(experiment)
+    assert set(df.columns) == {"run", "status", "seed", "variant", "task", "metric", "value", "stderr"}
+    assert set(df.variant) == {"rope", "alibi", "learned", "sinusoidal"}  # position differs; seed does not count
+    status = df.drop_duplicates("run").set_index("run").status
+    assert status["learned-s1"] == "missing" and status["learned-s0"] == "failed"
+    row = df[(df.run == "rope-s1") & (df.task == "task_a")].iloc[0]
+    assert (row.metric, row.value, row.stderr) == ("acc", 0.70, 0.01)
+
+
+def test_means_intervals_deltas_and_failed_rows(experiment):
+    s = summarize(collect(experiment), baseline="rope")
+    assert s.loc["rope", "task_a|acc"] == pytest.approx(0.65)
+    assert s.loc["rope", "task_a|acc|se"] == pytest.approx(0.05)  # std(0.6, 0.7) / sqrt(2)
+    assert s.loc["alibi", "task_a|acc"] == pytest.approx(0.85)
+    assert s.loc["rope", "train|val_loss"] == pytest.approx(3.1)
+    # one completed seed: lm-eval's item stderr stands in; the diverged seed is not averaged in
+    assert s.loc["sinusoidal", "task_a|acc"] == pytest.approx(0.62)
+    assert s.loc["sinusoidal", "task_a|acc|se"] == pytest.approx(0.01)
+    assert s.loc["sinusoidal", "runs"] == "1 completed, 1 diverged"
+    assert math.isnan(s.loc["learned", "task_a|acc"]) and s.loc["learned", "runs"] in (
+        "1 failed, 1 missing", "1 missing, 1 failed")
+    d = deltas(s)
+    assert d.loc["alibi", "task_a|acc"] == pytest.approx(0.20)
+    assert bool(d.loc["alibi", "task_a|acc|sig"])  # 0.20 > 1.96 * sqrt(0.05^2 + 0.05^2) = 0.139
+    assert not bool(d.loc["sinusoidal", "task_a|acc|sig"])  # -0.03 < 1.96 * sqrt(0.01^2 + 0.05^2)
+    shown, legend = render(s)
+    assert shown.loc["alibi", "task_a acc"].startswith("**0.850 ± 0.050 (+0.2)")  # best, significant
+    assert shown.loc["sinusoidal", "task_a acc"].endswith("†)")
+    assert shown.loc["learned", "task_a acc"] == "n/a"
+    assert "z-test" in legend and "`rope`" in legend
+
+
+def test_report_files_and_warnings(experiment):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        written = report(experiment, baseline="rope")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "learned-s0: failed" in messages and "learned-s1: missing" in messages
+    assert "sinusoidal-s1: diverged" in messages
+    assert {"csv", "md", "tex", "loss", "extrapolation", "scores"} <= set(written)
+    md = written["md"].read_text()
+    assert "1 failed" in md and "1 missing" in md and "**" in md
+    assert r"\toprule" in written["tex"].read_text()
+    table = pd.read_csv(written["csv"], index_col=0)
+    assert table.loc["alibi", "extrapolation_4x|perplexity"] == pytest.approx(21.5)
+    assert all(p.stat().st_size > 5000 for k, p in written.items() if p.suffix == ".png")
+
+
+def test_report_of_a_real_sweep(cache_dir, tmp_path):
+    run_cli("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true", "eval=probes",
+            "eval.probe_items=40", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"))
+    out = run_cli("ablate.report", "experiment=default", f"results_dir={tmp_path}")
+    assert "ablate_agreement acc" in out.stdout and "average acc" in out.stdout
+    table = pd.read_csv(tmp_path / "default" / "report" / "table.csv", index_col=0)
+    assert set(table.index) == {"rope", "alibi"} and (table["seeds"] == 1).all()
+    assert table["ablate_agreement|acc"].between(0, 1).all()
