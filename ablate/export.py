@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ablate.cli import key_values, wants_help
 from ablate.data.tokens import EOS, Tokenizer
 from ablate.lm import RunError, load_run
 from ablate.registry import ConfigError
@@ -35,14 +36,13 @@ def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str |
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv):
         print(__doc__)
         return 0 if argv else 2
-    args = dict(a.partition("=")[::2] for a in argv)
-    unknown = sorted(set(args) - {"run", "out", "checkpoint"})
     try:
-        if unknown or "run" not in args:
-            raise ConfigError("argument", unknown or argv, "expected run=PATH [out=DIR] [checkpoint=FILE]")
+        args = key_values(argv, ("run", "out", "checkpoint"))
+        if "run" not in args:
+            raise ConfigError("run", None, "say which run: run=PATH")
         print(export_run(args["run"], args.get("out"), args.get("checkpoint")))
         return 0
     except (ConfigError, RunError) as err:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate.cli import key_values, wants_help
 from ablate.registry import ConfigError
 
 # the metric that stands for a task in the table, in order of preference
@@ -87,10 +88,23 @@ def varying(configs) -> list[str]:
 
 
 def variant_name(cfg: dict[str, Any], axes: list[str]) -> str:
+    """A short label: the choice itself for named choices (alibi, sandwich), the attention family
+    for kv heads (mha, gqa2, mqa), key=value otherwise."""
     if not axes:
         return "all"
-    return ", ".join(f"{k.split('.')[-1]}={cfg.get(k)}" if len(axes) > 1 or not isinstance(cfg.get(k), str)
-                     else str(cfg.get(k)) for k in axes)
+    return ", ".join(_label(cfg, k) for k in axes)
+
+
+def _label(cfg: dict[str, Any], key: str) -> str:
+    value, last = cfg.get(key), key.split(".")[-1]
+    if key == "model.attention.n_kv_heads":
+        heads = cfg.get("model.attention.n_heads")
+        return "mha" if value in (None, heads) else "mqa" if value == 1 else f"gqa{value}"
+    if last in ("kind", "placement") and isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return last if value else f"no {last}"
+    return f"{last}={value}"
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -325,9 +339,8 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     written = {"csv": out / "table.csv", "md": out / "table.md", "tex": out / "table.tex"}
     summary.to_csv(written["csv"])
     written["md"].write_text(shown.to_markdown() + "\n\n" + legend + "\n")
-    tex = shown.rename(columns=lambda c: c.replace("_", r"\_")).to_latex(escape=False).replace("**", "")
-    tex = tex.replace("±", r"$\pm$").replace("†", r"$^\dagger$")
-    written["tex"].write_text(tex.replace("_", r"\_").replace(r"\\_", r"\_"))
+    tex = shown.map(lambda cell: str(cell).replace("**", "")).to_latex(escape=True)  # booktabs rules
+    written["tex"].write_text(tex.replace("±", r"$\pm$").replace("†", r"$^\dagger$"))
     for path in plot(experiment_dir, df, summary, out):
         written[path.stem] = path
     print(shown.to_markdown())
@@ -337,13 +350,13 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv):
         print(__doc__)
         return 0 if argv else 2
-    args = dict(a.partition("=")[::2] for a in argv)
-    root = Path(args.get("results_dir", "results"))
-    target = Path(args["path"]) if "path" in args else root / args.get("experiment", "")
     try:
+        args = key_values(argv, ("experiment", "path", "results_dir", "baseline"))
+        root = Path(args.get("results_dir", "results"))
+        target = Path(args["path"]) if "path" in args else root / args.get("experiment", "")
         if "experiment" not in args and "path" not in args:
             raise ConfigError("argument", argv, "say experiment=NAME or path=DIR")
         if not target.is_dir():

@@ -70,16 +70,22 @@ class LearnedPositions(PositionScheme):
 
 @POSITIONS.register("sinusoidal")
 class SinusoidalPositions(PositionScheme):
-    """Fixed sines and cosines (Vaswani et al.): PE[p, 2i] = sin(p w_i), PE[p, 2i+1] = cos(p w_i)."""
+    """Fixed sines and cosines (Vaswani et al.): PE[p, 2i] = sin(p w_i), PE[p, 2i+1] = cos(p w_i),
+    times `scale`. Vaswani et al. multiplied the embeddings by sqrt(dim) to meet this unit-amplitude
+    table; here the table comes down to the token embeddings' scale instead: RMS init_std, or 1 when
+    embedding_scale multiplies the tokens by sqrt(dim). (At unit amplitude against embeddings of
+    std 0.02, the positions drown the tokens and the model does not learn.)"""
 
-    def __init__(self, dim: int, base: float = 10_000.0) -> None:
+    def __init__(self, dim: int, base: float = 10_000.0, scale: float = 1.0) -> None:
         super().__init__()
         inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.scale = scale
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "SinusoidalPositions":
-        return cls(cfg.dim)
+        scale = cfg.init_std * cfg.dim**0.5 if cfg.embedding_scale else cfg.init_std
+        return cls(cfg.dim, scale=scale * 2**0.5)  # the table's RMS is 1 / sqrt(2)
 
     @classmethod
     def check(cls, cfg: ModelConfig, prefix: str) -> None:
@@ -89,7 +95,7 @@ class SinusoidalPositions(PositionScheme):
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         angles = pos.float()[:, None] * self.inv_freq  # (T, dim/2)
         table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (T, dim), interleaved
-        return x + table.to(x.dtype)
+        return x + (self.scale * table).to(x.dtype)
 
 
 @POSITIONS.register("rope")
