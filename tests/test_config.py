@@ -52,7 +52,7 @@ def test_groups_override_one_axis_of_a_preset():
     (["model.norm.kind=batchnorm"], "model.norm.kind='batchnorm'", "valid: layernorm, rmsnorm"),
     (["model.dim=250", "model.attention.n_heads=3"], "model.attention.n_heads=3", "must divide dim=250"),
     (["model.attention.softcap=50", "model.attention.backend=sdpa"], "model.attention.backend='sdpa'",
-     "valid: auto, eager, flex"),
+     "valid: eager, flex, auto"),
     (["+model.attention.n_kv_head=2"], "model.attention.n_kv_head=2", "valid: n_heads, n_kv_heads"),
     (["model.dim=big"], "model.dim='big'", "expected int"),
     (["model.position.rotary_fraction=1.5"], "model.position.rotary_fraction=1.5", "(0, 1]"),

@@ -195,3 +195,19 @@ def test_norm_options():
     ln = build_norm(NormConfig(kind="layernorm", bias=True, eps=1e-5), 16)
     assert_close(ln(x), torch.nn.functional.layer_norm(x, (16,), eps=1e-5))
     assert ln.bias is not None and rms.bias is None
+
+
+def test_auto_backend_picks_by_device_and_need():
+    from ablate.model.attention import AutoBackend, EagerBackend, FlexBackend, SdpaBackend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    bias = torch.zeros(4, 3, 3)
+    assert isinstance(AutoBackend().pick(cpu, bias, 8), SdpaBackend)
+    assert isinstance(AutoBackend(softcap=5.0).pick(cpu, None, None), EagerBackend)
+    assert isinstance(AutoBackend().pick(cuda, bias, None), FlexBackend)
+    assert isinstance(AutoBackend(softcap=5.0, dropout=0.1).pick(cuda, None, None), EagerBackend)
+    assert isinstance(AutoBackend().pick(cuda, None, None), SdpaBackend)
+    model = Transformer(tiny("alibi", attn=dict(softcap=5.0))).eval()
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        assert_close(model(tokens), model.set_backend("eager")(tokens))

@@ -27,12 +27,12 @@ class Transformer(nn.Module):
         self.final_norm = build_norm(cfg.norm, cfg.dim) if self.blocks[0].placement.final_norm else None
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.windows = sorted({b.attn.window for b in self.blocks}, key=lambda w: w or 0)
-        self.backend = resolve_backend(cfg.attention.backend, cfg.attention.softcap)
+        self.backend = resolve_backend(cfg.attention.backend, cfg.attention.softcap, cfg.dropout)
         self.reset_parameters()
 
     def set_backend(self, name: str) -> "Transformer":
         """Switch the attention backend (sdpa, eager, flex or auto) without touching the weights."""
-        self.backend = resolve_backend(name, self.cfg.attention.softcap)
+        self.backend = resolve_backend(name, self.cfg.attention.softcap, self.cfg.dropout)
         return self
 
     @torch.no_grad()
