@@ -50,7 +50,7 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None) -> dic
     if not eval_cfg.suites:
         raise ConfigError("eval.suites", {}, "no suite to run", valid=["probes", "extrapolation", "bigscience",
                                                                       "blimp"])
-    check_tasks([t for s in eval_cfg.suites.values() for t in s.tasks], eval_cfg)
+    check_tasks([t for s in eval_cfg.suites.values() for t in s.tasks])
     lm = AblateLM(model=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
     written = {}
     for name, suite in eval_cfg.suites.items():
@@ -161,7 +161,7 @@ def local_task_yaml(task: str, yaml_path: Path, data_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_tasks(tasks: list[str], eval_cfg: EvalConfig) -> None:
+def check_tasks(tasks: list[str]) -> None:
     """Every name must be an lm-eval task, group or tag (or ablate's); the error suggests close names."""
     if not tasks:
         return
@@ -246,20 +246,9 @@ def prefetch(eval_cfg: EvalConfig) -> list[str]:
     from lm_eval.tasks import TaskManager, get_task_dict
 
     tasks = [t for s in eval_cfg.suites.values() for t in s.tasks if t not in PROBE_TASKS]
-    check_tasks(tasks, eval_cfg)
-    loaded = get_task_dict(tasks, TaskManager(include_path=str(TASK_DIR)))  # loading a task downloads its data
-    names = sorted(_leaves(loaded))
-    return names
-
-
-def _leaves(tree: Any) -> list[str]:
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += _leaves(value)
-        else:
-            out.append(getattr(key, "group_name", None) or str(getattr(value, "config", {}).get("task", key)))
-    return out
+    check_tasks(tasks)
+    get_task_dict(tasks, TaskManager(include_path=str(TASK_DIR)))  # loading a task downloads its data
+    return tasks
 
 
 # ---- command line -------------------------------------------------------------------------------

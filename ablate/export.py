@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ablate.cli import key_values, wants_help
+from ablate.cli import command
 from ablate.data.tokens import EOS, Tokenizer
 from ablate.lm import RunError, load_run
 from ablate.registry import ConfigError
@@ -35,19 +35,13 @@ def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if wants_help(argv):
-        print(__doc__)
-        return 0 if argv else 2
-    try:
-        args = key_values(argv, ("run", "out", "checkpoint"))
+    def body(args: dict[str, str]) -> int:
         if "run" not in args:
             raise ConfigError("run", None, "say which run: run=PATH")
         print(export_run(args["run"], args.get("out"), args.get("checkpoint")))
         return 0
-    except (ConfigError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return command(__doc__, argv, ("run", "out", "checkpoint"), body, (ConfigError, RunError))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablate.cli import key_values, wants_help
+from ablate.cli import command
 from ablate.registry import ConfigError
 
 # the metric that stands for a task in the table, in order of preference
@@ -349,25 +349,19 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if wants_help(argv):
-        print(__doc__)
-        return 0 if argv else 2
-    try:
-        args = key_values(argv, ("experiment", "path", "results_dir", "baseline"))
+    def body(args: dict[str, str]) -> int:
         root = Path(args.get("results_dir", "results"))
         target = Path(args["path"]) if "path" in args else root / args.get("experiment", "")
         if "experiment" not in args and "path" not in args:
-            raise ConfigError("argument", argv, "say experiment=NAME or path=DIR")
+            raise ConfigError("argument", sorted(args), "say experiment=NAME or path=DIR")
         if not target.is_dir():
             there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             raise ConfigError("experiment", str(target), "no such directory", valid=there or None)
         for name, path in report(target, args.get("baseline")).items():
             print(f"{name}: {path}")
         return 0
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return command(__doc__, argv, ("experiment", "path", "results_dir", "baseline"), body)
 
 
 if __name__ == "__main__":

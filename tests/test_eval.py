@@ -115,7 +115,7 @@ def test_extrapolation_learned_positions_not_applicable():
     L, n = 16, (400 - 1) // 16
     x = torch.from_numpy(tokens[: n * L + 1].astype(np.int64))
     with torch.no_grad():
-        logits = model(x[:-1].view(n, L) if False else torch.stack([x[i * L:i * L + L] for i in range(n)]))
+        logits = model(torch.stack([x[i * L:i * L + L] for i in range(n)]))
     targets = torch.stack([x[i * L + 1:i * L + L + 1] for i in range(n)])
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1)).item()
     assert out["extrapolation_1x"]["perplexity,none"] == pytest.approx(math.exp(nll), rel=1e-5)
@@ -151,7 +151,7 @@ def test_errors_name_what_exists(trained, tmp_path):
     with pytest.raises(ConfigError, match=r"eval task='hellaswg': unknown .*valid: hellaswag"):
         from ablate.evaluate import check_tasks
 
-        check_tasks(["hellaswg"], EvalConfig())
+        check_tasks(["hellaswg"])
     with pytest.raises(RunError, match=f"runs in {trained.parent}: tiny"):
         load_run(trained.parent / "tinyy")
     (tmp_path / "empty").mkdir()

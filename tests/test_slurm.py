@@ -3,6 +3,7 @@ a 3-variant multirun completes, a requeued job resumes to the same final loss, a
 rejected before anything is queued. Skipped where no Slurm cluster answers."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
     args = ["-m", "hydra/launcher=slurm", "run_name=requeued",
             *tiny_overrides(cache_dir, tmp_path, *common)]
     sweep = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env={**__import__("os").environ, **SLURM_ENV})
+                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **SLURM_ENV})
     run = tmp_path / "default" / "requeued"
     deadline = time.time() + 300
     while not list((run / "checkpoints").glob("step_*.pt")) if (run / "checkpoints").exists() else True:

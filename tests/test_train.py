@@ -105,7 +105,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     run_cli("ablate.train", *args)
     run = tmp_path / "default" / "nan"
     s = summary(run)
-    assert s["status"] == "diverged" and s["diverged_at_step"] == s["step"] + 0 and s["step"] < 40
+    assert s["status"] == "diverged" and s["diverged_at_step"] == s["step"] and s["step"] < 40
     saved = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert saved and int(saved[-1][5:13]) < s["diverged_at_step"]
     state = torch.load(run / "checkpoints" / saved[-1], weights_only=False)

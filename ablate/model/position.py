@@ -110,7 +110,7 @@ class RotaryPositions(PositionScheme):
         self.rot_dim = round(head_dim * rotary_fraction)
         exponents = torch.arange(0, self.rot_dim, 2, dtype=torch.int64).float() / self.rot_dim
         self.register_buffer("inv_freq", 1.0 / (theta**exponents), persistent=False)
-        self._tables: tuple[tuple, Tensor, Tensor] | None = None  # the last forward's cos / sin
+        self._tables: tuple[Tensor, torch.dtype, Tensor, Tensor] | None = None  # the last forward's cos / sin
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "RotaryPositions":
@@ -134,13 +134,13 @@ class RotaryPositions(PositionScheme):
         return self._turn(q, cos, sin), self._turn(k, cos, sin)
 
     def _cos_sin(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(T, rot) tables, computed once per forward and reused by every layer."""
-        key = (int(pos[0]), len(pos), pos.device, dtype, self.inv_freq.device)
-        if self._tables is None or self._tables[0] != key:
+        """(T, rot) tables, computed once per forward and reused by every layer: every layer of a
+        forward receives the same `pos` tensor, so identity is the key (no device sync to read it)."""
+        if self._tables is None or self._tables[0] is not pos or self._tables[1] != dtype:
             freqs = pos.float()[:, None] * self.inv_freq  # (T, rot/2)
             angles = torch.cat((freqs, freqs), dim=-1)  # (T, rot)
-            self._tables = (key, angles.cos().to(dtype), angles.sin().to(dtype))
-        return self._tables[1], self._tables[2]
+            self._tables = (pos, dtype, angles.cos().to(dtype), angles.sin().to(dtype))
+        return self._tables[2], self._tables[3]
 
     def _turn(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
