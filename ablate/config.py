@@ -257,7 +257,8 @@ class TrainConfig:
     eval_every: int = 100  # steps between validation losses; 0: only at the end
     checkpoint_every: int = 100  # steps
     keep_checkpoints: int = 2
-    eval_at_end: bool = False  # run the evaluation suite when training ends
+    eval_at_end: bool = False  # run the evaluation suites when training ends (or, if it has, when they are missing)
+    retry_diverged: bool = False  # train a diverged run again from its last good checkpoint (it stays diverged otherwise)
     progress: str = "auto"  # auto (a bar on a terminal, log lines otherwise) | bar | lines
 
 
@@ -295,7 +296,8 @@ class CostConfig:
 # with them changed.
 OPERATIONAL = ("train.compile", "train.device", "train.threads", "train.log_every", "train.eval_every",
                "train.checkpoint_every", "train.keep_checkpoints", "train.eval_at_end", "train.progress",
-               "train.micro_batch", "data.cache_dir", "model.attention.backend", "results_dir", "eval.", "plan", "cost.")
+               "train.micro_batch", "train.retry_diverged", "data.cache_dir", "model.attention.backend",
+               "results_dir", "eval.", "plan", "cost.")
 
 
 @dataclass
@@ -406,6 +408,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if option is int and isinstance(value, float) and value.is_integer() and float not in options:
+            return int(value)  # 5e6 and 2e8, as people type budgets, are YAML floats
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -1,6 +1,7 @@
 """`ablate-eval`: zero-shot evaluation of runs with lm-evaluation-harness, and length extrapolation.
 
     ablate-eval run=results/default/<run>                 the default suites (probes, extrapolation)
+    ablate-eval run=... checkpoint=step_00000062.pt       a named checkpoint (needed for an unfinished run)
     ablate-eval experiment=quickstart suite=probes        every run of an experiment
     ablate-eval run=... suite=bigscience eval.limit=200
     ablate-eval run=... tasks=hellaswag,piqa              any lm-eval tasks (written as custom.json)
@@ -8,17 +9,22 @@
     ablate-eval --prefetch suite=bigscience               download a suite's datasets into the HF cache
     ablate-eval --samples ...                             also write every request and answer
 
-Results: <run>/eval/<suite>.json in lm-eval's format (results with stderr, configs, versions),
-and <run>/eval/<suite>_samples.jsonl with --samples.
+Results: <run>/eval/<suite>.json in lm-eval's format (results with stderr, configs, versions) plus
+`provenance` (the checkpoint measured, its step and tokens, the run's config hash, ablate's version),
+and <run>/eval/<suite>_samples.jsonl with --samples. A checkpoint other than the final one of a
+completed run writes to <run>/eval/step_NNNNNNNN/ instead, never over the final model's results.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import datetime
 import difflib
 import json
 import logging
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,11 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate.config import EvalConfig, RunConfig, SuiteConfig
+from ablate.checkpoint import CheckpointError
+from ablate.config import EvalConfig, SuiteConfig
 from ablate.data.tokens import cached_dir, prepare
 from ablate.lm import AblateLM, RunError, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
+from ablate.rundir import RunDir, runs_in, write_json, write_text
 
 log = logging.getLogger("ablate.eval")
 PROBE_TASKS = {"ablate_agreement": "agreement", "ablate_recall": "recall", "ablate_copy": "copy",
@@ -41,76 +49,68 @@ TASK_DIR = Path(__file__).resolve().parent / "tasks"
 
 
 # ---- runs ---------------------------------------------------------------------------------------
-def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None) -> dict[str, Path]:
+def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None, checkpoint: str | Path | None = None,
+                 only_missing: bool = False) -> dict[str, Path]:
     """Evaluate one run on each suite of `eval_cfg` (default: the run's own eval config); returns
-    the results file of each suite."""
-    run_dir = Path(run_dir)
-    model, tokenizer, cfg = load_run(run_dir)
-    eval_cfg = eval_cfg or cfg.eval
+    the results file written for each suite.
+
+    Without `checkpoint` the run must be completed, and its final checkpoint is measured (results
+    in eval/<suite>.json); a named checkpoint of any run is measured on request (results in
+    eval/step_NNNNNNNN/<suite>.json unless it is the final one). Every results file records the
+    checkpoint, its step and tokens, and the run's config hash. `only_missing` skips the suites
+    that already have a current evaluation."""
+    run = RunDir(run_dir)
+    if only_missing and checkpoint is None and eval_cfg is not None and run.status() == "completed":
+        eval_cfg = dataclasses.replace(eval_cfg, suites={n: s for n, s in eval_cfg.suites.items()
+                                                         if run.current_eval(n) is None})
+        if not eval_cfg.suites:
+            return {}
+    loaded = load_run(run.path, checkpoint)
+    eval_cfg = eval_cfg or loaded.cfg.eval
     if not eval_cfg.suites:
         raise ConfigError("eval.suites", {}, "no suite to run", valid=["probes", "extrapolation", "bigscience",
                                                                       "blimp"])
-    check_tasks([t for s in eval_cfg.suites.values() for t in s.tasks])
-    lm = AblateLM(model=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
+    manager = prepare_tasks(eval_cfg, loaded.cfg.data.cache_dir)
+    step = None if loaded.final else loaded.step
+    if not loaded.final:
+        log.warning("%s: evaluating %s, not the final model of a completed run (the run is %s); the results go "
+                    "to %s/ and ablate-report lists them as stale", run.path, loaded.checkpoint.name, run.status(),
+                    run.eval_file("-", step).parent)
+    provenance = run.provenance(loaded.checkpoint, loaded.step, loaded.tokens)
+    lm = AblateLM(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=eval_cfg.batch_size,
+                  max_length=loaded.cfg.seq_len)
     written = {}
     for name, suite in eval_cfg.suites.items():
-        log.info("evaluating %s on %s", run_dir, name)
-        results = _empty_results(run_dir, name)
+        log.info("evaluating %s on %s", run.path, name)
+        results = _empty_results()
         if suite.tasks:
-            results = run_tasks(lm, suite.tasks, eval_cfg, cfg.data.cache_dir, run_dir, name)
+            results = run_tasks(lm, suite.tasks, eval_cfg, manager, run.samples_file(name, step))
         if suite.lengths:
-            val = prepare(cfg.data).val
-            _merge(results, extrapolation(model, val, cfg.seq_len, suite.lengths, eval_cfg, name))
-        written[name] = write_results(run_dir / "eval" / f"{name}.json", results)
+            val = prepare(loaded.cfg.data).val
+            _merge(results, extrapolation(loaded.model, val, loaded.cfg.seq_len, suite.lengths, eval_cfg, name))
+        results["config"] = {**results.get("config", {}), "model": "ablate", "run": str(run.path), "suite": name}
+        results["provenance"] = provenance
+        written[name] = write_json(run.eval_file(name, step), results)
     return written
 
 
-def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, cache_dir: str, run_dir: Path,
-              suite: str) -> dict[str, Any]:
-    """lm-eval's simple_evaluate on `tasks`, probe and local-file tasks pointed at their files."""
+def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any,
+              samples_file: Path | None = None) -> dict[str, Any]:
+    """lm-eval's simple_evaluate on `tasks` through `manager` (see task_manager)."""
     import lm_eval
 
-    with tempfile.TemporaryDirectory(prefix="ablate-tasks-") as overrides:
-        files = dict(eval_cfg.local_data)
-        if any(t in PROBE_TASKS for t in tasks):
-            probes = probe_dir(cache_dir, eval_cfg.probe_seed, eval_cfg.probe_items)
-            files.update({t: str(probes / f"{PROBE_TASKS[t]}.jsonl") for t in tasks if t in PROBE_TASKS})
-        manager = task_manager(files, Path(overrides))
-        results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=eval_cfg.limit,
-                                          log_samples=eval_cfg.samples, bootstrap_iters=1000,
-                                          batch_size=eval_cfg.batch_size)
-    if eval_cfg.samples:
-        samples = results.pop("samples", {})
-        path = run_dir / "eval" / f"{suite}_samples.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as out:
-            for task, rows in samples.items():
-                for row in rows:
-                    out.write(json.dumps({"task": task, **row}, default=_plain) + "\n")
-    results.pop("samples", None)
-    results["config"] = {**results.get("config", {}), "model": "ablate", "run": str(run_dir)}
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=eval_cfg.limit,
+                                      log_samples=eval_cfg.samples, bootstrap_iters=1000,
+                                      batch_size=eval_cfg.batch_size)
+    samples = results.pop("samples", None) or {}
+    if eval_cfg.samples and samples_file is not None:
+        write_text(samples_file, "".join(json.dumps({"task": task, **row}, default=str) + "\n"
+                                         for task, rows in samples.items() for row in rows))
     return results
 
 
-def write_results(path: Path, results: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
-
-
-def _empty_results(run_dir: Path, suite: str) -> dict[str, Any]:
+def _empty_results() -> dict[str, Any]:
     return {"results": {}, "versions": {}, "higher_is_better": {}, "n-samples": {},
-            "config": {"model": "ablate", "run": str(run_dir), "suite": suite},
             "date": datetime.datetime.now().timestamp()}
 
 
@@ -120,23 +120,64 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 # ---- tasks: names, probe files, local files ---------------------------------------------------------
-def task_manager(files: dict[str, str], directory: Path):
-    """A TaskManager that knows ablate's tasks and, for each task in `files`, a copy of it reading
-    that local file (include the task's YAML, dataset_path: json, data_files on its evaluation
-    split, the splits not given nulled)."""
+# lm-eval's task index reads thousands of YAML files (seconds): it is built once per process and
+# set of local files, and shared by every suite and run evaluated there.
+_MANAGERS: dict[tuple[tuple[str, str], ...], Any] = {}
+
+
+def prepare_tasks(eval_cfg: EvalConfig, cache_dir: str) -> Any:
+    """The task manager for the suites of `eval_cfg`, their names checked (ConfigError for an
+    unknown one) and the probe files generated: what an evaluation needs before it starts."""
+    tasks = [t for s in eval_cfg.suites.values() for t in s.tasks]
+    if not tasks:  # extrapolation alone needs no lm-eval task
+        return None
+    manager = task_manager(task_files(tasks, eval_cfg, cache_dir))
+    check_tasks(tasks, manager)
+    return manager
+
+
+def task_files(tasks: list[str], eval_cfg: EvalConfig, cache_dir: str) -> dict[str, str]:
+    """Task -> the local file it reads instead of its own data: eval.local_data, and the probe
+    files (generated on first use) when a probe task is among `tasks`."""
+    files = dict(eval_cfg.local_data)
+    if any(t in PROBE_TASKS for t in tasks):
+        probes = probe_dir(cache_dir, eval_cfg.probe_seed, eval_cfg.probe_items)
+        files.update({t: str(probes / f"{name}.jsonl") for t, name in PROBE_TASKS.items()})
+    return files
+
+
+def task_manager(files: dict[str, str] | None = None) -> Any:
+    """lm-eval's TaskManager, knowing ablate's tasks and, for each task in `files`, a copy of it
+    that reads that local file instead (see local_task_yaml). Built once per process for each set
+    of files; a task that is no single lm-eval task, or a missing file, raises ConfigError."""
     from lm_eval.tasks import TaskManager
 
-    base = TaskManager(include_path=str(TASK_DIR))
-    for task, file in files.items():
-        entry = base.task_index.get(task)
-        if entry is None or not entry.yaml_path:
-            raise ConfigError(f"eval.local_data.{task}", file, "not a single lm-eval task with a YAML file",
-                              valid=_close(task, base.all_subtasks))
-        path = Path(file).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"eval.local_data.{task}", file, "no such file")
-        (directory / f"{task}.yaml").write_text(local_task_yaml(task, Path(entry.yaml_path), path))
-    return TaskManager(include_path=[str(TASK_DIR), str(directory)])
+    files = files or {}
+    key = tuple(sorted((task, str(Path(file).expanduser().resolve())) for task, file in files.items()))
+    if key in _MANAGERS:
+        return _MANAGERS[key]
+    include = [str(TASK_DIR)]
+    if key:
+        directory = Path(tempfile.mkdtemp(prefix="ablate-tasks-"))
+        atexit.register(shutil.rmtree, directory, True)
+        for task, file in key:
+            if not Path(file).is_file():
+                raise ConfigError(f"eval.local_data.{task}", files[task], "no such file")
+            (directory / f"{task}.yaml").write_text(local_task_yaml(task, _task_yaml(task, file), Path(file)))
+        include.append(str(directory))
+    _MANAGERS[key] = TaskManager(include_path=include)
+    return _MANAGERS[key]
+
+
+def _task_yaml(task: str, file: str) -> Path:
+    """The YAML file that defines `task` (ablate's own, or one of lm-eval's)."""
+    if task in PROBE_TASKS:
+        return TASK_DIR / f"{task}.yaml"
+    entry = task_manager().task_index.get(task)
+    if entry is None or not entry.yaml_path:
+        raise ConfigError(f"eval.local_data.{task}", file, "not a single lm-eval task with a YAML file",
+                          valid=_close(task, task_manager().all_subtasks))
+    return Path(entry.yaml_path)
 
 
 def local_task_yaml(task: str, yaml_path: Path, data_file: Path) -> str:
@@ -161,13 +202,11 @@ def local_task_yaml(task: str, yaml_path: Path, data_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_tasks(tasks: list[str]) -> None:
+def check_tasks(tasks: list[str], manager: Any = None) -> None:
     """Every name must be an lm-eval task, group or tag (or ablate's); the error suggests close names."""
     if not tasks:
         return
-    from lm_eval.tasks import TaskManager
-
-    known = set(TaskManager(include_path=str(TASK_DIR)).all_tasks)
+    known = set((manager or task_manager()).all_tasks)
     for task in tasks:
         if task not in known:
             raise ConfigError("eval task", task, "unknown to lm-eval and to ablate",
@@ -187,33 +226,44 @@ def probe_dir(cache_dir: str, seed: int, n: int) -> Path:
         docs = list(documents(seed + 1, n_words=max(20_000, 40 * n)))
         (tmp / "heldout.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
-    return cached_dir(Path(cache_dir) / f"probes-v1-seed{seed}-n{n}", build)
+    return cached_dir(Path(cache_dir) / f"probes-v2-seed{seed}-n{n}", build)
 
 
 # ---- length extrapolation -----------------------------------------------------------------------
-@torch.no_grad()
+@torch.inference_mode()
 def extrapolation(model: Transformer, tokens: np.ndarray, train_len: int, lengths: list[float],
                   eval_cfg: EvalConfig, suite: str = "extrapolation") -> dict[str, Any]:
-    """Perplexity on held-out tokens cut into non-overlapping windows of each length (every token
-    predicted from its own window only, as Press et al. evaluate). Positions a learned table does
-    not cover are reported as not applicable."""
+    """Perplexity on held-out tokens cut into non-overlapping windows of each multiple of the
+    training length `train_len` (every token predicted from its own window only, as Press et al.
+    evaluate). Learned positions beyond `train_len` are reported as not applicable: the table may
+    be longer (model.max_seq_len), but rows past the training length were never trained.
+
+    A causal model's outputs on a window's first L tokens do not depend on what follows, so a
+    window of length L that starts where a longer window starts is read off that window's pass:
+    with lengths that double, each length but the longest computes only half of its windows."""
     tokens = tokens[: eval_cfg.extrapolation_tokens + 1]
     out: dict[str, Any] = {"results": {}, "versions": {}, "higher_is_better": {}, "n-samples": {}}
+    rows, todo = {}, []
     for multiple in lengths:
-        L = max(1, int(round(multiple * train_len)))
-        name = f"{suite}_{multiple:g}x"
+        L = max(1, round(multiple * train_len))
+        n = (len(tokens) - 1) // L
         row: dict[str, Any] = {"alias": f"{multiple:g}x train length ({L} tokens)", "seq_len": L,
                                "train_seq_len": train_len}
         limit = model.position.max_len
-        n = (len(tokens) - 1) // L
-        if limit is not None and L > limit:
-            row.update({"perplexity,none": None, "perplexity_stderr,none": None,
-                        "not_applicable": f"{model.cfg.position.kind} positions cover {limit} tokens"})
+        if limit is not None and L > min(limit, train_len):
+            row["not_applicable"] = f"{model.cfg.position.kind} positions were trained on {min(limit, train_len)} tokens"
         elif n == 0:
-            row.update({"perplexity,none": None, "perplexity_stderr,none": None,
-                        "not_applicable": f"fewer than {L + 1} held-out tokens"})
+            row["not_applicable"] = f"fewer than {L + 1} held-out tokens"
         else:
-            nll = _window_nlls(model, tokens, L, n)
+            todo.append((L, n))
+        rows[multiple] = (L, n, row)
+    token_nlls = _token_nlls(model, tokens, todo)
+    for multiple, (L, n, row) in rows.items():
+        name = f"{suite}_{multiple:g}x"
+        if "not_applicable" in row:
+            row.update({"perplexity,none": None, "perplexity_stderr,none": None})
+        else:
+            nll = token_nlls[L].mean(axis=1)  # (n,) mean token NLL of each window
             mean, se = float(nll.mean()), float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
             row.update({"perplexity,none": math.exp(mean), "perplexity_stderr,none": math.exp(mean) * se,
                         "nll,none": mean, "nll_stderr,none": se, "windows": n})
@@ -224,18 +274,37 @@ def extrapolation(model: Transformer, tokens: np.ndarray, train_len: int, length
     return out
 
 
-def _window_nlls(model: Transformer, tokens: np.ndarray, L: int, n: int) -> np.ndarray:
-    """Mean token NLL of each of the first n windows of length L."""
+def _token_nlls(model: Transformer, tokens: np.ndarray, windows: list[tuple[int, int]]) -> dict[int, np.ndarray]:
+    """For each (L, n): the token NLLs (n, L) of the first n windows of length L, longest first;
+    a window that is the prefix of a longer one already computed is taken from it."""
+    done: dict[int, np.ndarray] = {}
+    for L, n in sorted(set(windows), reverse=True):
+        nll = np.empty((n, L), dtype=np.float64)
+        compute = []
+        for j in range(n):
+            longer = [M for M in done if (j * L) % M == 0 and (j * L) // M < len(done[M])]
+            if longer:
+                nll[j] = done[longer[0]][(j * L) // longer[0], :L]
+            else:
+                compute.append(j)
+        if compute:
+            nll[compute] = _window_nlls(model, tokens, L, compute)
+        done[L] = nll
+    return done
+
+
+def _window_nlls(model: Transformer, tokens: np.ndarray, L: int, starts: list[int]) -> np.ndarray:
+    """Token NLLs (len(starts), L) of the windows of length L numbered `starts`."""
     per_batch = max(1, 16_384 // L)
     device = next(model.parameters()).device
     nlls = []
-    for start in range(0, n, per_batch):
-        idx = range(start, min(n, start + per_batch))
+    for b in range(0, len(starts), per_batch):
+        idx = starts[b:b + per_batch]
         block = torch.from_numpy(np.stack([np.asarray(tokens[i * L: i * L + L + 1], dtype=np.int64) for i in idx]))
         logits = model(block[:, :-1].to(device)).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), block[:, 1:].reshape(-1).to(device),
                                reduction="none")
-        nlls.append(loss.view(len(idx), L).mean(dim=1).cpu().numpy())
+        nlls.append(loss.view(len(idx), L).double().cpu().numpy())
     return np.concatenate(nlls)
 
 
@@ -243,21 +312,20 @@ def _window_nlls(model: Transformer, tokens: np.ndarray, L: int, n: int) -> np.n
 def prefetch(eval_cfg: EvalConfig) -> list[str]:
     """Download the datasets of every lm-eval task in the suites into the HF cache (on a machine
     with network), so that compute nodes can run with HF_DATASETS_OFFLINE=1."""
-    from lm_eval.tasks import TaskManager, get_task_dict
-
     tasks = [t for s in eval_cfg.suites.values() for t in s.tasks if t not in PROBE_TASKS]
     check_tasks(tasks)
-    get_task_dict(tasks, TaskManager(include_path=str(TASK_DIR)))  # loading a task downloads its data
+    task_manager().load(tasks)  # loading a task downloads its data
     return tasks
 
 
 # ---- command line -------------------------------------------------------------------------------
 def parse(argv: list[str]) -> tuple[dict[str, Any], EvalConfig]:
-    """key=value arguments: run=, experiment=, results_dir=, suite= (or eval=), tasks=, --samples,
-    --prefetch; the rest are Hydra overrides of the eval config (eval.limit=100, eval.local_data.X=...)."""
+    """key=value arguments: run=, checkpoint=, experiment=, results_dir=, suite= (or eval=), tasks=,
+    --samples, --prefetch; the rest are Hydra overrides of the eval config (eval.limit=100,
+    eval.local_data.X=...)."""
     from ablate.config import compose_root, from_dict
 
-    opts: dict[str, Any] = {"prefetch": False, "samples": False, "run": None, "experiment": None,
+    opts: dict[str, Any] = {"prefetch": False, "samples": False, "run": None, "checkpoint": None, "experiment": None,
                             "results_dir": "results", "suite": None, "tasks": None}
     overrides = []
     for arg in argv:
@@ -266,9 +334,10 @@ def parse(argv: list[str]) -> tuple[dict[str, Any], EvalConfig]:
             continue
         key, sep, value = arg.partition("=")
         if not sep:
-            raise ConfigError("argument", arg, "expected key=value", valid=["run=PATH", "experiment=NAME",
-                                                                            "suite=NAME", "tasks=A,B"])
-        if key in ("run", "experiment", "results_dir", "tasks"):
+            raise ConfigError("argument", arg, "expected key=value", valid=["run=PATH", "checkpoint=FILE",
+                                                                            "experiment=NAME", "suite=NAME",
+                                                                            "tasks=A,B"])
+        if key in ("run", "checkpoint", "experiment", "results_dir", "tasks"):
             opts[key] = value
         elif key in ("suite", "eval"):
             opts["suite"] = value
@@ -285,6 +354,8 @@ def parse(argv: list[str]) -> tuple[dict[str, Any], EvalConfig]:
     if opts["tasks"]:
         merged.suites["custom"] = SuiteConfig(tasks=opts["tasks"].split(","))
     merged.samples = merged.samples or opts["samples"]
+    if opts["checkpoint"] and not opts["run"]:
+        raise ConfigError("checkpoint", opts["checkpoint"], "names a checkpoint of one run: give run=PATH with it")
     return opts, merged
 
 
@@ -293,12 +364,11 @@ def runs_of(opts: dict[str, Any]) -> list[Path]:
         return [Path(opts["run"])]
     if opts["experiment"]:
         root = Path(opts["results_dir"]) / opts["experiment"]
-        runs = sorted(p for p in root.iterdir() if (p / "config.yaml").exists()) if root.is_dir() else []
+        runs = [r.path for r in runs_in(root)]
         if not runs:
-            there = sorted(p.name for p in Path(opts["results_dir"]).iterdir()) if Path(opts["results_dir"]).is_dir() \
-                else []
-            raise RunError(f"no runs under {root}" + (f"; experiments in {opts['results_dir']}: {', '.join(there)}"
-                                                      if there else ""))
+            results = Path(opts["results_dir"])
+            there = sorted(p.name for p in results.iterdir()) if results.is_dir() else []
+            raise RunError(f"no runs under {root}" + (f"; experiments in {results}: {', '.join(there)}" if there else ""))
         return runs
     raise RunError("say which run: run=PATH (a run directory) or experiment=NAME (all of its runs)")
 
@@ -315,18 +385,18 @@ def main(argv: list[str] | None = None) -> int:
             print("cached:", ", ".join(prefetch(eval_cfg)))
             return 0
         runs = runs_of(opts)
-        failed = []
-        for run in runs:
+        skipped = []
+        for run in runs:  # one process for all: lm-eval's task index is built once
             try:
-                for suite, path in evaluate_run(run, eval_cfg).items():
+                for suite, path in evaluate_run(run, eval_cfg, opts["checkpoint"]).items():
                     print(f"{run}: {suite} -> {path}")
-            except RunError as err:
+            except (RunError, CheckpointError) as err:
                 if len(runs) == 1:
                     raise
-                failed.append(run)
+                skipped.append(run)
                 print(f"skipped {run}: {err}", file=sys.stderr)
-        return 1 if failed else 0
-    except (ConfigError, RunError) as err:
+        return 1 if skipped else 0
+    except (ConfigError, RunError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,16 +1,18 @@
-"""`ablate-export run=PATH [out=DIR] [checkpoint=FILE]`: a run's checkpoint as a transformers
-model directory (save_pretrained, with its tokenizer), for the variants a transformers class
-implements. Default out: <run>/hf."""
+"""`ablate-export run=PATH [out=DIR] [checkpoint=FILE]`: a run's final checkpoint (or the one named)
+as a transformers model directory (save_pretrained, with its tokenizer), for the variants a
+transformers class implements. Default out: <run>/hf."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ablate.checkpoint import CheckpointError
 from ablate.cli import command
 from ablate.data.tokens import EOS, Tokenizer
 from ablate.lm import RunError, load_run
 from ablate.registry import ConfigError
+from ablate.rundir import RunDir
 
 
 def hf_tokenizer(tokenizer: Tokenizer):
@@ -26,11 +28,11 @@ def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str |
     transformers class computes this variant (the message says, family by family, what differs)."""
     from ablate.hf import to_hf
 
-    model, tokenizer, _ = load_run(run, checkpoint)
-    hf_model = to_hf(model)
-    out = Path(out) if out else Path(run) / "hf"
+    loaded = load_run(run, checkpoint)
+    hf_model = to_hf(loaded.model)
+    out = Path(out) if out else RunDir(run).hf_dir
     hf_model.save_pretrained(out)
-    hf_tokenizer(tokenizer).save_pretrained(out)
+    hf_tokenizer(loaded.tokenizer).save_pretrained(out)
     return out
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(export_run(args["run"], args.get("out"), args.get("checkpoint")))
         return 0
 
-    return command(__doc__, argv, ("run", "out", "checkpoint"), body, (ConfigError, RunError))
+    return command(__doc__, argv, ("run", "out", "checkpoint"), body, (ConfigError, RunError, CheckpointError))
 
 
 if __name__ == "__main__":

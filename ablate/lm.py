@@ -1,18 +1,21 @@
 """`AblateLM`: lm-evaluation-harness's view of an ablate model, registered as `ablate`.
 
-    AblateLM(run="results/default/<run>")            the run's latest checkpoint and tokenizer
-    AblateLM(run=..., checkpoint="path/step_N.pt")   a given checkpoint of that run
-    AblateLM(model=transformer, tokenizer=tokenizer) objects already in memory
+    AblateLM(run="results/default/<run>")            a completed run's final checkpoint and tokenizer
+    AblateLM(run=..., checkpoint="step_00000062.pt") a named checkpoint (any run, finished or not)
+    AblateLM(model=transformer, tokenizer=tokenizer, max_length=128)   objects already in memory
 
 Requests are batched longest first (padding on the right, which a causal model never sees) and
 answered in the order they came. An empty context is conditioned on the end-of-text token, as
-lm-eval's own HF backend does.
+lm-eval's own HF backend does. The context is the length the run was trained at (train.seq_len),
+never more: a continuation longer than that is scored in pieces, each token predicted from the
+tokens truly before it; generation keeps at least half the context for the prompt and stops at
+the context's end, and says when that cut a prompt or a generation short.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from ablate import checkpoint as ckpt
 from ablate.config import RunConfig
 from ablate.data.tokens import Tokenizer
 from ablate.model import Transformer
+from ablate.rundir import RunDir, runs_in
 
 log = logging.getLogger("ablate.lm")
 
@@ -36,38 +40,53 @@ class RunError(ValueError):
     """A run directory or checkpoint that cannot be evaluated; the message says what exists."""
 
 
-def load_run(run: str | Path, checkpoint: str | Path | None = None) -> tuple[Transformer, Tokenizer, RunConfig]:
-    """The model (eval mode, CPU), tokenizer and config of a run directory."""
-    run = Path(run)
-    if not run.is_dir():
-        parent = run.parent if run.parent.is_dir() else Path(".")
-        runs = sorted(p.name for p in parent.iterdir() if (p / "config.yaml").exists())
-        raise RunError(f"no run directory {run}" + (f"; runs in {parent}: {', '.join(runs)}" if runs else ""))
-    missing = [name for name in ("config.yaml", "tokenizer.json") if not (run / name).exists()]
-    if missing:
-        present = sorted(p.name for p in run.iterdir()) or ["nothing"]
-        raise RunError(f"{run} is not a trained run: {', '.join(missing)} missing (it holds {', '.join(present)})")
-    from omegaconf import OmegaConf
+@dataclass
+class LoadedRun:
+    """A run's model (eval mode, CPU) at one checkpoint, with its tokenizer and config."""
 
-    cfg = RunConfig.from_dict(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
+    model: Transformer
+    tokenizer: Tokenizer
+    cfg: RunConfig
+    checkpoint: Path
+    step: int
+    tokens: int
+    final: bool  # the checkpoint a completed run ended with
+
+
+def load_run(run: str | Path, checkpoint: str | Path | None = None) -> LoadedRun:
+    """The model of a run at its final checkpoint, or at `checkpoint` (a path, a file name in the
+    run's checkpoints/, or a step) when one is named. A run that has not completed has no final
+    model: without a named checkpoint it raises RunError, saying where the run stopped."""
+    rd = RunDir(run)
+    if not rd.path.is_dir():
+        parent = rd.path.parent if rd.path.parent.is_dir() else Path(".")
+        runs = [r.name for r in runs_in(parent)]
+        raise RunError(f"no run directory {rd.path}" + (f"; runs in {parent}: {', '.join(runs)}" if runs else ""))
+    missing = [p.name for p in (rd.config_file, rd.tokenizer_file) if not p.exists()]
+    if missing:
+        present = sorted(p.name for p in rd.path.iterdir()) or ["nothing"]
+        raise RunError(f"{rd.path} is not a trained run: {', '.join(missing)} missing (it holds {', '.join(present)})")
+    have = [p.name for p in rd.checkpoints()] or ["none"]
     if checkpoint is None:
-        found = ckpt.checkpoints(run / "checkpoints")
-        if not found:
-            raise RunError(f"{run} has no checkpoint yet (status: {_status(run)}); train it first")
-        checkpoint = found[-1]
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        have = [p.name for p in ckpt.checkpoints(run / "checkpoints")] or ["none"]
-        raise RunError(f"no checkpoint {checkpoint}; {run} has: {', '.join(have)}")
-    state = ckpt.load(checkpoint)
+        path = rd.final_checkpoint()
+        if path is None:
+            summary = rd.summary() or {}
+            where = f"at step {summary.get('step', 0)} of {summary.get('steps_total', '?')}"
+            if not rd.checkpoints():
+                raise RunError(f"{rd.path} has no checkpoint yet (status: {rd.status()}); train it first")
+            raise RunError(f"{rd.path} is {rd.status()} {where}: it has no final model. To evaluate a checkpoint of "
+                           f"it anyway, name one: checkpoint={rd.checkpoints()[-1].name} (checkpoints: {', '.join(have)})")
+    else:
+        path = rd.checkpoint_of(checkpoint)
+    if not path.exists():
+        raise RunError(f"no checkpoint {path}; {rd.path} has: {', '.join(have)}")
+    cfg = RunConfig.from_dict(rd.read_config())
+    state = ckpt.load(path)
     model = Transformer(cfg.model)
     model.load_state_dict(state["model"])
-    return model.eval(), Tokenizer.load(run / "tokenizer.json"), cfg
-
-
-def _status(run: Path) -> str:
-    path = run / "summary.json"
-    return json.loads(path.read_text()).get("status", "unknown") if path.exists() else "never started"
+    final = rd.final_checkpoint()
+    return LoadedRun(model.eval(), Tokenizer.load(rd.tokenizer_file), cfg, path, int(state["state"]["step"]),
+                     int(state["state"]["tokens"]), final is not None and final.resolve() == path.resolve())
 
 
 @register_model("ablate")
@@ -79,7 +98,9 @@ class AblateLM(TemplateLM):
         if model is None:
             if run is None:
                 raise RunError("AblateLM needs run=PATH (a run directory) or model= and tokenizer=")
-            model, tokenizer, _ = load_run(run, checkpoint)
+            loaded = load_run(run, checkpoint)
+            model, tokenizer = loaded.model, loaded.tokenizer
+            max_length = max_length or loaded.cfg.seq_len  # the length it was trained at
         elif tokenizer is None:
             raise RunError("AblateLM(model=...) needs tokenizer= too")
         if threads:
@@ -91,6 +112,8 @@ class AblateLM(TemplateLM):
         self.model = model.to(self._device).eval()
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 32  # "auto" is not searched
+        # The context: the length the model was trained at. Positions beyond it were never
+        # trained (a learned table's rows there are still at their initial values).
         self.max_length = int(max_length) if max_length else model.cfg.max_seq_len
 
     # ---- what TemplateLM needs ---------------------------------------------------------------
@@ -109,30 +132,36 @@ class AblateLM(TemplateLM):
                               override_bs: int | None = None) -> list[tuple[float, bool]]:
         """Each request: (key, context tokens, continuation tokens) -> (log p(continuation), greedy?).
 
-        Requests whose model input is the same token sequence (the choices of a multiple-choice
-        item, when they differ only in their last token) share one forward pass."""
+        A continuation longer than the context is scored in pieces of at most max_length tokens,
+        each piece after all that precedes it, so every token is predicted from the (up to
+        max_length) tokens truly before it. Pieces whose model input is the same token sequence
+        (the choices of a multiple-choice item, when they differ only in their last token) share
+        one forward pass."""
+        L = self.max_length
         inputs: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
-        clipped = 0
+        long = 0
         for i, (_, context, continuation) in enumerate(requests):
-            if len(continuation) > self.max_length:  # only the last max_length tokens can be scored
-                continuation, clipped = continuation[-self.max_length:], clipped + 1
-            whole = (context + continuation)[-(self.max_length + 1):]
-            inputs.setdefault(tuple(whole[:-1]), []).append((i, len(continuation), continuation))
-        if clipped:
-            log.warning("%d continuations were longer than the context of %d tokens: only their last %d tokens "
-                        "were scored", clipped, self.max_length, self.max_length)
+            long += len(continuation) > L
+            for start in range(0, len(continuation), L):
+                piece = continuation[start:start + L]
+                whole = (context + continuation[:start] + piece)[-(L + 1):]
+                inputs.setdefault(tuple(whole[:-1]), []).append((i, len(piece), piece))
+        if long:
+            log.info("%d continuations were longer than the context of %d tokens: scored in pieces, each token "
+                     "from the %d tokens before it", long, L, L)
         unique = sorted(inputs, key=len, reverse=True)  # longest first: similar lengths share a batch
-        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        logprob, greedy = [0.0] * len(requests), [True] * len(requests)
         size = override_bs or self.batch_size
         for start in tqdm(range(0, len(unique), size), disable=disable_tqdm, desc="loglikelihood"):
             batch = unique[start:start + size]
             logits = self._logits(batch)  # (b, T, vocab)
             for row, inp in enumerate(batch):
-                for i, n, continuation in inputs[inp]:
+                for i, n, piece in inputs[inp]:
                     lp = F.log_softmax(logits[row, len(inp) - n: len(inp)].float(), dim=-1)  # (n, vocab)
-                    target = torch.tensor(continuation, device=lp.device)
-                    out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
-        return out  # type: ignore[return-value]
+                    target = torch.tensor(piece, device=lp.device)
+                    logprob[i] += float(lp.gather(1, target[:, None]).sum())
+                    greedy[i] = greedy[i] and bool((lp.argmax(-1) == target).all())
+        return list(zip(logprob, greedy))
 
     def _logits(self, inputs: list[tuple[int, ...]]) -> torch.Tensor:
         """Right-padded batch forward; padding sits after every real token, so a causal model never sees it."""
@@ -158,8 +187,11 @@ class AblateLM(TemplateLM):
 
     @torch.no_grad()
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        """Greedy decoding with the KV cache until a stop string, end of text or max_gen_toks."""
-        results = []
+        """Greedy decoding with the KV cache until a stop string, end of text, max_gen_toks or the
+        end of the context. The prompt keeps its last max_length - max_gen_toks tokens, but never
+        fewer than half the context: a max_gen_toks that would leave less (lm-eval's default of
+        256 against a 256-token model) cannot silently reduce a prompt to its last token."""
+        results, cut_prompts, short = [], 0, 0
         for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
             context, gen_kwargs = req.args
             until = gen_kwargs.get("until", []) or []
@@ -167,16 +199,26 @@ class AblateLM(TemplateLM):
             max_new = int(gen_kwargs.get("max_gen_toks", 256))
             if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature", 0.0) or 0.0) > 0:
                 log.warning("AblateLM decodes greedily; do_sample / temperature are ignored")
-            prompt = self.tok_encode(context)[-max(1, self.max_length - max_new):]
-            results.append(self._greedy(prompt, until, max_new))
+            tokens = self.tok_encode(context)
+            budget = max(self.max_length - max_new, self.max_length // 2)
+            prompt = tokens[-budget:]
+            cut_prompts += len(prompt) < len(tokens)
+            short += len(prompt) + max_new > self.max_length
+            results.append(self._greedy(prompt, until, min(max_new, self.max_length - len(prompt))))
+        if cut_prompts:
+            log.warning("%d of %d prompts were longer than their budget and kept only their last tokens (the context "
+                        "is %d tokens)", cut_prompts, len(requests), self.max_length)
+        if short:
+            log.warning("%d of %d generations could not have their max_gen_toks within the %d-token context: they "
+                        "stop at its end (prompts keep at least %d tokens)", short, len(requests), self.max_length,
+                        self.max_length // 2)
         return results
 
     def _greedy(self, prompt: list[int], until: list[str], max_new: int) -> str:
         cache = self.model.new_cache()
         logits = self.model(torch.tensor([prompt], device=self._device), cache)
         generated: list[int] = []
-        limit = self.model.position.max_len
-        for _ in range(max_new):
+        for step in range(max_new):
             nxt = int(logits[0, -1].argmax())
             if nxt == self.eot_token_id:
                 break
@@ -185,11 +227,9 @@ class AblateLM(TemplateLM):
             stops = [text.index(s) for s in until if s and s in text]
             if stops:
                 return text[: min(stops)]
-            if limit is not None and cache.length >= limit:
-                break  # learned positions end here
-            logits = self.model(torch.tensor([[nxt]], device=self._device), cache)
+            if step + 1 < max_new:
+                logits = self.model(torch.tensor([[nxt]], device=self._device), cache)
         return self.tok_decode(generated)
 
 
-
-__all__ = ["AblateLM", "RunError", "load_run"]
+__all__ = ["AblateLM", "LoadedRun", "RunError", "load_run"]

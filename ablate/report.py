@@ -21,6 +21,7 @@ import pandas as pd
 
 from ablate.cli import command
 from ablate.registry import ConfigError
+from ablate.rundir import RunDir, flatten, runs_in
 
 # the metric that stands for a task in the table, in order of preference
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
@@ -34,34 +35,55 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     """Every run of an experiment as tidy rows: run, status, seed, variant, task, metric, value, stderr.
 
     `variant` names what differs between the runs' model / data / optim / train configs (the
-    ablated axis, found, not declared); `seed` is kept apart. Runs named in jobs.txt (written by a
-    planned sweep) without a directory appear with status `missing`."""
+    ablated axis, found, not declared); `seed` is kept apart. Runs planned by a sweep (runs.jsonl)
+    without a directory appear with status `missing`. Only evaluations of the final checkpoint of
+    a completed run count; any other is a row with task `eval`, metric `stale:<suite>` and the step
+    it measured as its value. A run retried after diverging has a `train` row `retried_after`
+    (the number of diverged attempts). The frame's attrs["order"] lists the variants in the
+    sweep's order (the first is the default baseline) and attrs["stale"] says why each stale
+    evaluation is stale."""
     root = Path(experiment_dir)
-    runs = sorted(p for p in root.iterdir() if (p / "config.yaml").exists()) if root.is_dir() else []
+    runs = runs_in(root)
     planned = _planned(root)
     if not runs and not planned:
         raise ConfigError("experiment", str(root), "holds no runs")
-    configs = {run: _flat_config(run) for run in runs}
-    missing = {root / name: cfg for name, cfg in planned.items() if root / name not in configs}
+    configs = {run.name: flatten(run.read_config()) for run in runs}
+    missing = {name: cfg for name, cfg in planned.items() if name not in configs}
     axes = varying([*configs.values(), *missing.values()])
     rows: list[dict[str, Any]] = [
-        {"run": run.name, "status": "missing", "seed": cfg.get("seed", 0), "variant": variant_name(cfg, axes),
+        {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "variant": variant_name(cfg, axes),
          "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan}
-        for run, cfg in missing.items()]
+        for name, cfg in missing.items()]
+    stale: dict[tuple[str, str], str] = {}
     for run in runs:
-        cfg = configs[run]
-        summary = _read_json(run / "summary.json") or {"status": "never started"}
+        cfg = configs[run.name]
+        summary = run.summary() or {"status": "never started"}
         base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
                 "variant": variant_name(cfg, axes)}
         for key in ("val_loss", "val_ppl", "train_loss", *COST):
             if key in summary:
                 rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
-        evals = sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []
-        if not evals:
+        diverged = sum(a.get("status") == "diverged" for a in summary.get("attempts", []))
+        if diverged:
+            rows.append({**base, "task": "train", "metric": "retried_after", "value": diverged, "stderr": math.nan})
+        current = 0
+        for found in run.evals():
+            problem = run.eval_problem(found)
+            if problem is None:
+                rows += _eval_rows(base, found.results)
+                current += 1
+            else:
+                step = found.provenance.get("step", math.nan)
+                rows.append({**base, "task": "eval", "metric": f"stale:{found.suite}", "value": _num(step),
+                             "stderr": math.nan})
+                stale[(run.name, found.suite)] = f"{found.path.relative_to(run.path)}: {problem}"
+        if not current:
             rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
-        for path in evals:
-            rows += _eval_rows(base, _read_json(path) or {})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    order = [variant_name(cfg, axes) for cfg in planned.values()] + sorted(df.variant)
+    df.attrs["order"] = list(dict.fromkeys(order))
+    df.attrs["stale"] = stale
+    return df
 
 
 def _eval_rows(base: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,33 +129,13 @@ def _label(cfg: dict[str, Any], key: str) -> str:
     return f"{last}={value}"
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _flat_config(run: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return _flat(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
-
-
 def _planned(root: Path) -> dict[str, dict[str, Any]]:
     """Runs a planned or launched sweep expects (runs.jsonl, written by ablate's sweeper)."""
     path = root / "runs.jsonl"
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return {r["run"]: _flat(r["config"]) for r in rows}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return {r["run"]: flatten(r["config"]) for r in rows}
 
 
 def _num(x: Any) -> float:
@@ -156,38 +158,66 @@ def main_metrics(df: pd.DataFrame) -> dict[str, str]:
 
 
 def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """One row per variant: per task the mean over seeds with its spread, the average accuracy
-    over tasks, validation loss, costs; the difference to the baseline; run counts by status.
+    """One row per variant (in the sweep's order): per task the mean over seeds with its spread,
+    the average accuracy over tasks, validation loss, costs; run counts by status.
 
     Spread: with several seeds, the standard error of the mean over seeds; with one seed, the
     item-level standard error lm-eval reports. A difference to the baseline is marked not
-    significant when |delta| < 1.96 x sqrt(se_variant^2 + se_baseline^2) (a two-sided z-test at 5%)."""
+    significant when |delta| < 1.96 x sqrt(se_variant^2 + se_baseline^2) (a two-sided z-test at 5%).
+    The baseline is the first variant of the sweep unless `baseline` names another (ConfigError
+    for a name that is not a variant). attrs["notes"][(variant, column)] says which runs a cell
+    leaves out and why (failed, diverged, interrupted, missing, stale or no evaluation)."""
     metrics = main_metrics(df)
-    variants = list(dict.fromkeys(df.variant))
-    baseline = baseline if baseline in variants else variants[0]
-    table = []
+    present = set(df.variant)
+    variants = [v for v in df.attrs.get("order", []) if v in present] or list(dict.fromkeys(df.variant))
+    if baseline is None:
+        baseline = variants[0]
+    elif baseline not in variants:
+        raise ConfigError("baseline", baseline, "not a variant of this experiment", valid=variants)
+    table, notes = [], {}
     for variant in variants:
         part = df[df.variant == variant]
         runs = part.drop_duplicates("run")
         ok = runs[runs.status == "completed"]
+        retried = part[(part.metric == "retried_after") & (part.status == "completed")].run.nunique()
+        counts = ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
         row: dict[str, Any] = {"variant": variant, "seeds": len(ok),
-                               "runs": ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())}
+                               "runs": counts + (f" ({retried} retried after diverging)" if retried else "")}
         scores = []
         for task, metric in metrics.items():
-            mean, se = _mean_se(part[(part.task == task) & (part.metric == metric) & (part.status == "completed")])
+            used = part[(part.task == task) & (part.metric == metric) & (part.status == "completed")]
+            mean, se = _mean_se(used)
             row[f"{task}|{metric}"], row[f"{task}|{metric}|se"] = mean, se
+            notes[(variant, f"{task}|{metric}")] = _left_out(part, set(used.dropna(subset=["value"]).run), evals=True)
             if metric == "acc" and not math.isnan(mean):
                 scores.append((mean, se))
         if scores:
             row["average|acc"] = float(np.mean([m for m, _ in scores]))
             row["average|acc|se"] = float(math.sqrt(sum(s**2 for _, s in scores if not math.isnan(s)))) / len(scores)
         for key in ("val_loss", *COST):
-            mean, se = _mean_se(part[(part.task == "train") & (part.metric == key) & (part.status == "completed")])
+            used = part[(part.task == "train") & (part.metric == key) & (part.status == "completed")]
+            mean, se = _mean_se(used)
             row[f"train|{key}"], row[f"train|{key}|se"] = mean, se
+            notes[(variant, f"train|{key}")] = _left_out(part, set(used.dropna(subset=["value"]).run), evals=False)
         table.append(row)
     out = pd.DataFrame(table).set_index("variant")
     out.attrs["baseline"] = baseline
+    out.attrs["notes"] = {k: v for k, v in notes.items() if v}
     return out
+
+
+def _left_out(part: pd.DataFrame, used: set[str], evals: bool) -> str:
+    """Why the runs of a variant that a cell does not average are left out, e.g. "1 diverged, 1 stale eval"."""
+    reasons = []
+    for run, group in part.groupby("run", sort=True):
+        if run in used:
+            continue
+        status = group.status.iloc[0]
+        if status != "completed":
+            reasons.append(status)
+        elif evals:
+            reasons.append("stale eval" if group.metric.str.startswith("stale:").any() else "no eval")
+    return ", ".join(f"{n} {r}" for r, n in pd.Series(reasons, dtype=object).value_counts().items())
 
 
 def _mean_se(rows: pd.DataFrame) -> tuple[float, float]:
@@ -217,7 +247,7 @@ HIGHER_IS_BETTER = {"acc": True, "perplexity": False, "word_perplexity": False, 
 def render(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Strings for the table (mean ± se, delta, best in bold, † where not significant) and the legend."""
     d = deltas(summary)
-    base = summary.attrs["baseline"]
+    base, notes = summary.attrs["baseline"], summary.attrs.get("notes", {})
     cols = [c for c in d.columns if not c.endswith("|sig")]
     shown = pd.DataFrame(index=summary.index)
     shown["runs"] = summary["runs"]
@@ -229,22 +259,25 @@ def render(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         cells = []
         for variant in summary.index:
             v, se = values[variant], summary.get(col + "|se", pd.Series(math.nan, index=summary.index))[variant]
+            note = notes.get((variant, col))
             if math.isnan(v):
-                cells.append("n/a")
+                cells.append(f"n/a ({note})" if note else "n/a")
                 continue
             text = f"{_fmt(v)} ± {_fmt(se)}" if not math.isnan(se) else _fmt(v)
             if variant != base:
                 text += f" ({d.loc[variant, col]:+.3g}{'' if d.loc[variant, col + '|sig'] else '†'})"
             if v == best and values.notna().sum() > 1:
                 text = f"**{text}**"
-            cells.append(text)
+            cells.append(text + (f" [without {note}]" if note else ""))
         shown[col.replace("|", " ")] = cells
     for key, name in COST.items():
         shown[name] = [_fmt(x) for x in summary[f"train|{key}"]]
     legend = (f"Mean over completed seeds ± standard error (over seeds; lm-eval's item stderr for a single "
               f"seed). (delta) is the difference to the baseline `{base}`; † marks a difference not larger "
               f"than noise: |delta| < 1.96 sqrt(se² + se_baseline²), a two-sided z-test at 5%. Bold: best. "
-              f"`average acc` is the mean accuracy over tasks, as BigScience reported.")
+              f"`average acc` is the mean accuracy over tasks, as BigScience reported. [without ...] names the "
+              f"runs a cell leaves out: failed, diverged, interrupted or missing runs, and completed runs whose "
+              f"evaluation is stale (it measured another checkpoint) or absent.")
     return shown, legend
 
 
@@ -266,10 +299,11 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Pat
     import matplotlib.pyplot as plt
 
     paths = []
+    df, note = plotted(df)
     runs = df.drop_duplicates("run").set_index("run")
     fig, ax = plt.subplots(figsize=(7, 4))
     for variant, group in runs.groupby("variant", sort=False):
-        curves = [_loss_curve(experiment_dir / run) for run in group.index]
+        curves = [_loss_curve(RunDir(experiment_dir / run)) for run in group.index]
         curves = [c for c in curves if c is not None]
         if not curves:
             continue
@@ -279,7 +313,7 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Pat
         ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2)
     ax.set(xlabel="tokens", ylabel="training loss", title="Loss (mean, band: min-max over seeds)")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "loss.png"))
+    paths.append(_save(fig, out / "loss.png", note))
 
     extra = df[df.task.str.startswith("extrapolation_") & (df.metric == "perplexity")]
     if not extra.empty:
@@ -292,7 +326,7 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Pat
                ylabel="perplexity", title="Length extrapolation (n/a points omitted)")
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
         ax.legend(fontsize=8)
-        paths.append(_save(fig, out / "extrapolation.png"))
+        paths.append(_save(fig, out / "extrapolation.png", note))
 
     if "average|acc" in summary:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -304,17 +338,24 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Pat
     return paths
 
 
-def _loss_curve(run: Path) -> pd.Series | None:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+def plotted(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of completed runs (the only ones plots draw), and a note naming the others."""
+    runs = df.drop_duplicates("run")
+    others = runs[runs.status != "completed"]
+    note = "not drawn: " + ", ".join(f"{r} ({s})" for r, s in zip(others.run, others.status)) if len(others) else ""
+    return df[df.status == "completed"], note
+
+
+def _loss_curve(run: RunDir) -> pd.Series | None:
+    rows = run.metrics()
     points = {r["tokens"]: _num(r["loss"]) for r in rows}
     return pd.Series(points, dtype=float) if points else None
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, note: str = "") -> Path:
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="dimgrey", wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
@@ -332,8 +373,10 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     for run, status in df.drop_duplicates("run")[["run", "status"]].itertuples(index=False):
         if status != "completed":
             warnings.warn(f"{run}: {status}; left out of the means", stacklevel=2)
-    for run in df[(df.task == "eval") & (df.metric == "missing")].run.unique():
-        warnings.warn(f"{run}: no evaluation results", stacklevel=2)
+    for (run, _), why in df.attrs.get("stale", {}).items():
+        warnings.warn(f"{run}: {why}; not used", stacklevel=2)
+    for run in df[(df.task == "eval") & (df.metric == "missing") & (df.status == "completed")].run.unique():
+        warnings.warn(f"{run}: no evaluation of its final checkpoint", stacklevel=2)
     summary = summarize(df, baseline)
     shown, legend = render(summary)
     written = {"csv": out / "table.csv", "md": out / "table.md", "tex": out / "table.tex"}

@@ -5,7 +5,9 @@
 2. `plan=true` (or `--plan`) prints the jobs, their run directories, their state and an estimated
    cost (tokens x FLOPs/token -> GPU-hours at a stated MFU), writes the jobs' overrides to
    `<sweep dir>/jobs.txt` (one line per job: what a Slurm job array reads), and launches nothing.
-3. Runs already completed are not launched again; unfinished ones are, and resume.
+3. Runs already completed are not launched again (unless train.eval_at_end asks for evaluations
+   they lack: then the job only evaluates); unfinished ones are, and resume. A diverged run stays
+   diverged unless train.retry_diverged=true.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ablate.config import RunConfig
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
+from ablate.rundir import RunDir
 
 log = logging.getLogger("ablate.sweep")
 
@@ -46,7 +49,15 @@ class Job:
     overrides: list[str]
     config: RunConfig
     run_dir: Path
-    status: str  # new, completed, running, failed, diverged, interrupted
+    status: str  # new, completed, running, failed, diverged, interrupted; "to evaluate": completed, evals missing
+
+    @property
+    def launch(self) -> bool:
+        return self.status != "completed" and (self.status != "diverged" or self.config.train.retry_diverged)
+
+    @property
+    def trains(self) -> bool:
+        return self.launch and self.status != "to evaluate"
 
 
 class PlanningSweeper(Sweeper):
@@ -74,6 +85,7 @@ class PlanningSweeper(Sweeper):
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         grid = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
         jobs = [self._job(job) for job in grid]  # raises on the first bad combination
+        check_eval_tasks(jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "jobs.txt").write_text("".join(
@@ -84,10 +96,10 @@ class PlanningSweeper(Sweeper):
         print(plan_table(jobs, self.config))
         if self.config.get("plan", False):
             return []
-        todo = [j.overrides for j in jobs if j.status != "completed"]
+        todo = [j.overrides for j in jobs if j.launch]
         skipped = len(jobs) - len(todo)
         if skipped:
-            log.info("%d of %d runs already completed: not launched again", skipped, len(jobs))
+            log.info("%d of %d runs completed or diverged: not launched again", skipped, len(jobs))
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns, size = [], self.max_batch_size or len(todo) or 1
         for start in range(0, len(todo), size):
@@ -112,15 +124,25 @@ class PlanningSweeper(Sweeper):
         except ConfigError as err:
             raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- in the sweep job "
                               f"[{' '.join(overrides)}]; nothing was launched") from None
-        run_dir = Path(run.results_dir) / run.experiment / run.run_name
-        return Job(list(overrides), run, run_dir, _status(run_dir))
+        run_dir = RunDir(Path(run.results_dir) / run.experiment / run.run_name)
+        status = run_dir.status()
+        if status == "completed" and run.train.eval_at_end and any(
+                run_dir.current_eval(suite) is None for suite in run.eval.suites):
+            status = "to evaluate"
+        return Job(list(overrides), run, run_dir.path, status)
 
 
-def _status(run_dir: Path) -> str:
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text()).get("status", "unknown")
-    return "new"
+def check_eval_tasks(jobs: list[Job]) -> None:
+    """The tasks of jobs that evaluate at the end must exist before anything is launched."""
+    tasks = sorted({t for j in jobs if j.config.train.eval_at_end and j.launch
+                    for suite in j.config.eval.suites.values() for t in suite.tasks})
+    if tasks:
+        from ablate.evaluate import check_tasks
+
+        try:
+            check_tasks(tasks)
+        except ConfigError as err:
+            raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- nothing was launched") from None
 
 
 def plan_table(jobs: list[Job], config: Any) -> str:
@@ -131,10 +153,13 @@ def plan_table(jobs: list[Job], config: Any) -> str:
     for i, job in enumerate(jobs):
         f = model_facts(job.config.model, job.config.seq_len)
         hours = job.config.train.tokens * f.flops_per_token / (flops * mfu) / 3600
-        total += hours if job.status != "completed" else 0.0
-        lines.append(f"{i:>3}  {job.status:<11} {f.params / 1e6:8.2f}M  {f.flops_per_token:10.3g}  "
+        total += hours if job.trains else 0.0
+        status = job.status if job.launch or job.status == "completed" else f"{job.status} (kept)"
+        lines.append(f"{i:>3}  {status:<11} {f.params / 1e6:8.2f}M  {f.flops_per_token:10.3g}  "
                      f"{job.config.train.tokens:>12,}  {hours:9.3g}  {job.run_dir}")
     header = (f"{len(jobs)} jobs; cost at {flops / 1e12:g} TFLOP/s per GPU and {mfu:.0%} MFU "
               f"(cost.gpu_tflops, cost.mfu)\n  #  status      params    FLOPs/tok        tokens  GPU-hours  run dir")
-    todo = sum(j.status != "completed" for j in jobs)
-    return "\n".join([header, *lines, f"to run: {todo} jobs, {total:.3g} GPU-hours"])
+    todo = sum(j.launch for j in jobs)
+    kept = sum(j.status == "diverged" and not j.launch for j in jobs)
+    note = f"; {kept} diverged runs kept as they are (train.retry_diverged=true retries them)" if kept else ""
+    return "\n".join([header, *lines, f"to run: {todo} jobs, {total:.3g} GPU-hours{note}"])

@@ -10,7 +10,6 @@ checkpoints/. Started again there, it resumes from its latest checkpoint; once c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from ablate.data.tokens import TokenData, prepare
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
 from ablate.registry import ConfigError
+from ablate.rundir import RunDir, flatten
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
@@ -56,40 +56,73 @@ class State:
 
 # ---- the run, as a table of contents ------------------------------------------------------------
 def train(cfg: RunConfig) -> dict[str, Any]:
-    """Train (or resume, or skip if completed) one run; returns its summary."""
+    """Train (or resume) one run and return its summary. A completed run is not trained again (with
+    train.eval_at_end, its missing evaluations are run); a diverged one stays diverged unless
+    train.retry_diverged is set."""
     dist = setup_distributed()
     set_threads(cfg, dist)
-    run_dir = Path(cfg.results_dir) / cfg.experiment / cfg.run_name
+    run = RunDir(Path(cfg.results_dir) / cfg.experiment / cfg.run_name)
     data = prepare(cfg.data)
     cfg.model.vocab_size = padded_vocab(data.vocab_size)
-    check_run_dir(run_dir, cfg)
-    done = completed_summary(run_dir)
-    if done is not None:
-        log.info("%s already completed; skipping (delete the directory to train it again)", run_dir)
-        return done
+    check_run_dir(run, cfg)
+    previous = run.summary()
+    status = previous["status"] if previous else "new"
+    if status == "completed":
+        log.info("%s already completed; skipping (delete the directory to train it again)", run.path)
+        maybe_evaluate_at_end(run, cfg, dist)
+        return previous
+    if status == "diverged" and not cfg.train.retry_diverged:
+        log.warning("%s diverged at step %s; it stays diverged (train.retry_diverged=true trains it again from its "
+                    "last good checkpoint)", run.path, previous.get("diverged_at_step"))
+        return previous
+    if cfg.train.eval_at_end:  # an unknown task fails now, not after training (the index is reused then)
+        from ablate.evaluate import prepare_tasks
+
+        prepare_tasks(cfg.eval, cfg.data.cache_dir)
+    attempts = earlier_attempts(previous)
+    if status == "diverged" and dist.is_main:
+        run.archive_metrics(len(attempts))  # the retry truncates the lines that recorded the divergence
     device, autocast = pick_device(cfg)
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model).to(device)
     opt = build_optimizer(model, cfg)
-    state = maybe_resume(run_dir, model, opt, cfg)
+    state = maybe_resume(run, model, opt, dist)
     if dist.is_main:
-        write_config(run_dir, cfg)
-        data.tokenizer.inner.save(str(run_dir / "tokenizer.json"))
-    summary = Runner(cfg, run_dir, dist, data, model, opt, state, device, autocast).run()
-    if summary["status"] == "completed" and cfg.train.eval_at_end and dist.is_main:
-        # after the run has handed its signal handlers back: evaluation forks worker processes
+        run.write_config(cfg.to_dict())
+        data.tokenizer.inner.save(str(run.tokenizer_file))
+    summary = Runner(cfg, run, dist, data, model, opt, state, device, autocast, attempts).run()
+    if summary["status"] == "completed":
+        maybe_evaluate_at_end(run, cfg, dist)
+    return summary
+
+
+def maybe_evaluate_at_end(run: RunDir, cfg: RunConfig, dist: Dist) -> None:
+    """With train.eval_at_end, evaluate the final model on each suite that has no current results
+    (after the run has handed its signal handlers back)."""
+    if cfg.train.eval_at_end and dist.is_main:
         from ablate.evaluate import evaluate_run
 
-        evaluate_run(run_dir, cfg.eval)
-    return summary
+        evaluate_run(run.path, cfg.eval, only_missing=True)
+
+
+def earlier_attempts(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """How each earlier attempt at this run ended, oldest first: the summary keeps them all."""
+    if previous is None:
+        return []
+    last = {"status": "killed" if previous.get("status") == "running" else previous.get("status"),
+            "step": previous.get("step")}
+    last.update({k: previous[k] for k in ("diverged_at_step", "signal", "error") if k in previous})
+    return [*previous.get("attempts", []), last]
 
 
 class Runner:
     """The training loop and what it writes."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, dist: Dist, data: TokenData, model: Transformer,
-                 opt: torch.optim.Optimizer, state: State, device: torch.device, autocast) -> None:
-        self.cfg, self.run_dir, self.dist, self.data, self.state = cfg, run_dir, dist, data, state
+    def __init__(self, cfg: RunConfig, run: RunDir, dist: Dist, data: TokenData, model: Transformer,
+                 opt: torch.optim.Optimizer, state: State, device: torch.device, autocast,
+                 attempts: list[dict[str, Any]] = ()) -> None:
+        self.cfg, self.rundir, self.dist, self.data, self.state = cfg, run, dist, data, state
+        self.attempts = list(attempts)
         self.model, self.opt, self.device, self.autocast = model, opt, device, autocast
         self.net = dist.wrap(model)
         self.forward = torch.compile(self.net) if cfg.train.compile else self.net
@@ -162,8 +195,7 @@ class Runner:
             return
         every = self.cfg.train.log_every
         if record["step"] % every == 0 or "val_loss" in record or record["step"] == self.total_steps:
-            with open(self.run_dir / "metrics.jsonl", "a") as out:
-                out.write(json.dumps(record) + "\n")
+            self.rundir.append_metrics(record)
         progress.update(record)
 
     def maybe_checkpoint(self) -> bool:
@@ -177,7 +209,7 @@ class Runner:
 
     def save(self) -> None:
         if self.dist.is_main:
-            checkpoint.save(self.run_dir / "checkpoints", self.state.step, {
+            checkpoint.save(self.rundir.checkpoint_dir, self.state.step, {
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "state": self.state.__dict__, "rng": checkpoint.rng_state(), "config": self.cfg.to_dict(),
             }, keep=self.cfg.train.keep_checkpoints)
@@ -192,9 +224,7 @@ class Runner:
         log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept", record["loss"],
                   record["step"])
         if self.dist.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as out:
-                out.write(json.dumps({**record, "loss": str(record["loss"]), "grad_norm": str(record["grad_norm"])})
-                          + "\n")
+            self.rundir.append_metrics({**record, "loss": str(record["loss"]), "grad_norm": str(record["grad_norm"])})
         return self.write_summary("diverged", diverged_at_step=record["step"])
 
     def interrupted(self, previous: dict[int, Any]) -> dict[str, Any]:
@@ -240,8 +270,10 @@ class Runner:
             "tokens_per_s": sum(rates) / len(rates) if rates else math.nan, "wall_time_s": s.elapsed_s,
             "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world, **extra,
         }
+        if self.attempts:
+            summary["attempts"] = self.attempts
         if self.dist.is_main:
-            write_json(self.run_dir / "summary.json", summary)
+            self.rundir.write_summary(summary)
         return summary
 
 
@@ -329,78 +361,35 @@ def set_threads(cfg: RunConfig, dist: Dist) -> None:
     torch.set_num_threads(threads)
 
 
-def completed_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if summary.get("status") == "completed":
-            return summary
-    return None
-
-
-def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+def check_run_dir(run: RunDir, cfg: RunConfig) -> None:
     """Refuse to resume a run whose stored config computes something else."""
-    stored_path = run_dir / "config.yaml"
-    if not stored_path.exists():
+    if not run.is_run():
         return
-    from omegaconf import OmegaConf
-
-    stored = _flatten(OmegaConf.to_container(OmegaConf.load(stored_path)))
-    current = _flatten(cfg.to_dict())
+    stored, current = flatten(run.read_config()), flatten(cfg.to_dict())
     differ = sorted(k for k in stored.keys() | current.keys()
                     if stored.get(k) != current.get(k) and not k.startswith(OPERATIONAL))
     if differ:
         changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
-        raise RunDirError(f"{run_dir} holds a run with another config ({changes}); it was left untouched. "
+        raise RunDirError(f"{run.path} holds a run with another config ({changes}); it was left untouched. "
                           "To start a fresh run, pick another name (run_name=... or experiment=...) or delete "
                           "that directory.")
 
 
-def maybe_resume(run_dir: Path, model: Transformer, opt: torch.optim.Optimizer, cfg: RunConfig) -> State:
-    saved = checkpoint.latest(run_dir / "checkpoints")
+def maybe_resume(run: RunDir, model: Transformer, opt: torch.optim.Optimizer, dist: Dist) -> State:
+    """The state of the newest readable checkpoint (see checkpoint.latest), or a fresh one."""
+    saved = checkpoint.latest(run.checkpoint_dir)
     if saved is None:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # lines of a run that never checkpointed
+        if dist.is_main:
+            run.clear_metrics()  # lines of a run that never checkpointed
         return State()
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     checkpoint.set_rng_state(saved["rng"])
     state = State(**saved["state"])
-    truncate_metrics(run_dir / "metrics.jsonl", state.step)
-    log.info("resuming %s from step %d", run_dir, state.step)
+    if dist.is_main:
+        run.truncate_metrics(state.step)
+    log.info("resuming %s from step %d", run.path, state.step)
     return state
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after `step`: the resumed run logs them again."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
-
-
-def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    from omegaconf import OmegaConf
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())))
-    tmp.replace(run_dir / "config.yaml")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(path)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 class Progress:

@@ -50,7 +50,8 @@ def main() -> None:
     from ablate.train import padded_vocab
 
     if args.run:
-        model, tokenizer, cfg = load_run(args.run)
+        loaded = load_run(args.run)
+        model, tokenizer, cfg = loaded.model, loaded.tokenizer, loaded.cfg
     else:
         cfg = RunConfig()
         data = prepare(cfg.data)
@@ -64,7 +65,7 @@ def main() -> None:
         theirs = HFLM(pretrained=str(export), dtype="float32", batch_size=args.batch, device="cpu")
         probes = probe_dir(cfg.data.cache_dir, 1234, max(args.items, 100))
         files = {"ablate_recall": probes / "recall.jsonl", "ablate_agreement": probes / "agreement.jsonl"}
-        manager = task_manager({k: str(v) for k, v in files.items()}, Path(tmp))
+        manager = task_manager({k: str(v) for k, v in files.items()})
         instances = requests_of(files, manager, args.items)
         timings: dict[str, list[float]] = {"ablate": [], "transformers (HFLM)": []}
         for i in range(args.repeats):

@@ -3,17 +3,24 @@ data for lm-eval's built-in tasks, extrapolation, export, and the errors."""
 
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import ablate
 from ablate.config import EvalConfig, ModelConfig, PositionConfig
 from ablate.evaluate import extrapolation, probe_dir, task_manager
 from ablate.lm import AblateLM, RunError, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
+from ablate.rundir import RunDir
 
 from conftest import ROOT, run_cli, tiny_overrides
 
@@ -57,7 +64,7 @@ def test_parity_with_lm_eval_hf_backend(trained, cache_dir, tmp_path):
         "generation_kwargs: {until: ['|'], max_gen_toks: 12, do_sample: false}\n"
         "metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]\n")
     tasks = [*files, "copy_gen"]
-    manager = task_manager(files, tmp_path)
+    manager = task_manager(files)
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=[*manager.include_path, str(gen)])
@@ -86,6 +93,11 @@ def test_ablate_eval_writes_lm_eval_results(trained):
     assert 0 <= probes["results"]["ablate_agreement"]["acc,none"] <= 1
     assert probes["results"]["ablate_agreement"]["acc_stderr,none"] > 0  # lm-eval's stderr, kept
     assert "configs" in probes and "versions" in probes and probes["config"]["model"] == "ablate"
+    summary = json.loads((trained / "summary.json").read_text())
+    p = probes["provenance"]  # which model these numbers describe
+    assert p["checkpoint"] == "checkpoints/step_00000080.pt" and p["step"] == summary["step"] == 80
+    assert p["tokens"] == summary["tokens_seen"] and p["final"] and p["run_status"] == "completed"
+    assert p["config_hash"] == RunDir(trained).config_hash() and p["ablate_version"] == ablate.__version__
     extra = json.loads((trained / "eval" / "extrapolation.json").read_text())
     lengths = [r["seq_len"] for r in extra["results"].values()]
     assert lengths == [32, 64, 128, 256, 512]
@@ -110,7 +122,7 @@ def test_extrapolation_learned_positions_not_applicable():
     assert math.isfinite(out["extrapolation_0.5x"]["perplexity,none"])
     assert math.isfinite(out["extrapolation_1x"]["perplexity,none"])
     assert out["extrapolation_2x"]["perplexity,none"] is None
-    assert out["extrapolation_8x"]["not_applicable"] == "learned positions cover 16 tokens"
+    assert out["extrapolation_8x"]["not_applicable"] == "learned positions were trained on 16 tokens"
     # and the number is what a direct computation gives
     L, n = 16, (400 - 1) // 16
     x = torch.from_numpy(tokens[: n * L + 1].astype(np.int64))
@@ -159,6 +171,10 @@ def test_errors_name_what_exists(trained, tmp_path):
         load_run(tmp_path / "empty")
     with pytest.raises(RunError, match="has: step_00000070.pt, step_00000080.pt"):
         load_run(trained, trained / "checkpoints" / "step_00000010.pt")
+    assert load_run(trained, "70").step == 70 and not load_run(trained, "step_00000070.pt").final
+    assert load_run(trained).final and load_run(trained).checkpoint.name == "step_00000080.pt"
+    out = run_cli("ablate.evaluate", f"run={trained}", "tasks=ablate_agreemnt", check=False)
+    assert out.returncode == 2 and "ablate_agreement" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("ablate.evaluate", f"run={trained}", "suite=bigsciense", check=False)
     assert out.returncode == 2 and "eval='bigsciense': no such option" in out.stderr and "bigscience" in out.stderr
     out = run_cli("ablate.evaluate", f"run={trained}", "eval.local_data.piqa=/no/such.jsonl", "tasks=piqa",
@@ -178,3 +194,114 @@ def test_train_then_evaluate_in_one_job(cache_dir, tmp_path):
     run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=both", "train.tokens=4096",
                                             "train.eval_at_end=true", "eval=probes", "eval.probe_items=40"))
     assert (tmp_path / "default" / "both" / "eval" / "probes.json").exists()
+
+
+DEADLOCK = """
+import multiprocessing, signal, sys, time
+# what submitit installs in a Slurm job: SIGTERM is logged and otherwise ignored
+signal.signal(signal.SIGTERM, lambda s, f: print("Bypassing signal SIGTERM", flush=True))
+from ablate.evaluate import evaluate_run, parse
+_, cfg = parse(["suite=probes", "eval.probe_items=40"])
+for _ in range(3):  # ablate_copy's perplexity stderr is bootstrapped by lm-eval in a forked pool
+    evaluate_run(sys.argv[1], cfg)
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+worker.start()
+time.sleep(0.5)
+worker.terminate()  # what the pool's terminate() does to each worker
+worker.join(30)
+print("worker exit code", worker.exitcode, flush=True)
+"""
+
+
+def test_evaluation_ends_under_a_handler_that_ignores_sigterm(trained):
+    """A parent whose SIGTERM handler ignores the signal (submitit's) evaluates with metrics that
+    need lm-eval's forked bootstrap pool: the evaluation ends, and a forked worker dies on SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-c", DEADLOCK, str(trained)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail("the evaluation hung:\n" + out[-2000:])
+    assert proc.returncode == 0, out[-3000:]
+    assert f"worker exit code {-signal.SIGTERM}" in out
+    assert json.loads((trained / "eval" / "probes.json").read_text())["results"]["ablate_copy"]["perplexity_stderr,none"] > 0
+
+
+def _copy_run(run: Path, into: Path) -> Path:
+    shutil.copytree(run, into, ignore=shutil.ignore_patterns("eval", "hf"))
+    return into
+
+
+def test_task_index_is_built_once_per_process(trained, tmp_path, monkeypatch):
+    """Two runs x two suites evaluated by one ablate-eval: lm-eval's task index is built once."""
+    import ablate.evaluate as evaluate
+    from lm_eval.tasks import TaskManager
+
+    for name in ("a", "b"):
+        _copy_run(trained, tmp_path / "exp" / name)
+    built = []
+    init = TaskManager.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(kwargs.get("include_path"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskManager, "__init__", counted)
+    monkeypatch.setattr(evaluate, "_MANAGERS", {})
+    assert evaluate.main(["experiment=exp", f"results_dir={tmp_path}", "suite=probes,extrapolation",
+                          "eval.probe_items=40", "eval.limit=5"]) == 0
+    assert len(built) == 1
+    assert all((tmp_path / "exp" / n / "eval" / f"{s}.json").exists() for n in "ab" for s in ("probes", "extrapolation"))
+
+
+def _direct_loglikelihood(model: Transformer, context: list[int], continuation: list[int], L: int) -> float:
+    """log p(continuation | context) with a context of L tokens: the continuation in pieces of L,
+    each token predicted from the tokens before it in the same forward pass of at most L tokens."""
+    seq, total = context + continuation, 0.0
+    for a in range(len(context), len(seq), L):
+        b = min(a + L, len(seq))
+        first = max(0, b - 1 - L)
+        with torch.no_grad():
+            logp = model(torch.tensor([seq[first:b - 1]]))[0].log_softmax(-1)
+        total += sum(float(logp[p - 1 - first, seq[p]]) for p in range(a, b))
+    return total
+
+
+def test_long_continuations_are_scored_from_their_true_preceding_tokens(trained):
+    lm = AblateLM(run=str(trained), max_length=8)
+    context, continuation = list(range(10, 13)), list(range(20, 47))  # 27 tokens against a context of 8
+    (logprob, _), = lm._loglikelihood_tokens([(None, context, continuation)])
+    assert logprob == pytest.approx(_direct_loglikelihood(lm.model, context, continuation, 8), rel=1e-5)
+    # the same as scoring the pieces one by one, each after all that precedes it
+    pieces = [(None, context + continuation[:i], continuation[i:i + 8]) for i in range(0, 27, 8)]
+    assert logprob == pytest.approx(sum(lp for lp, _ in lm._loglikelihood_tokens(pieces)), rel=1e-5)
+
+
+def test_generation_keeps_the_prompt_and_stays_in_the_context(trained):
+    from lm_eval.api.instance import Instance
+
+    lm = AblateLM(run=str(trained), max_length=16)
+    seen: list[int] = []
+    lm.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    text = "the dogs near the table see themselves . " * 6  # far more than 16 tokens
+    for max_gen, prompt in ((16, 8), (64, 8), (4, 12)):  # max_gen_toks >= the context keeps half for the prompt
+        seen.clear()
+        lm.generate_until([Instance("generate_until", {}, (text, {"until": ["\n\n"], "max_gen_toks": max_gen}), 0)],
+                          disable_tqdm=True)
+        assert seen[0] == prompt and sum(seen) <= 16, (max_gen, seen)
+
+
+def test_evaluation_runs_at_the_trained_length(cache_dir, tmp_path):
+    """A run trained at 32 tokens with a 64-row learned table: AblateLM's context and extrapolation's
+    1x are 32 tokens, and the untrained rows 33-64 are never used (2x is not applicable)."""
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=short", "model/position=learned",
+                                            "train.seq_len=32", "train.tokens=4096"))
+    run = tmp_path / "default" / "short"
+    assert AblateLM(run=str(run)).max_length == 32
+    run_cli("ablate.evaluate", f"run={run}", "suite=extrapolation")
+    rows = json.loads((run / "eval" / "extrapolation.json").read_text())["results"]
+    assert rows["extrapolation_1x"]["seq_len"] == 32 and math.isfinite(rows["extrapolation_1x"]["perplexity,none"])
+    assert rows["extrapolation_2x"]["perplexity,none"] is None
+    assert rows["extrapolation_2x"]["not_applicable"] == "learned positions were trained on 32 tokens"

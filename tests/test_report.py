@@ -10,21 +10,27 @@ import pytest
 import yaml
 
 from ablate.config import ModelConfig, RunConfig
-from ablate.report import collect, deltas, render, report, summarize
+from ablate.registry import ConfigError
+from ablate.report import collect, deltas, plotted, render, report, summarize
+from ablate.rundir import RunDir
 
 from conftest import run_cli, tiny_overrides
 
 
 def make_run(root: Path, position: str, seed: int, status: str = "completed", acc: float | None = None,
-             val_loss: float = 3.0, ppl: dict[str, float] | None = None) -> Path:
+             val_loss: float = 3.0, ppl: dict[str, float] | None = None, eval_step: int = 10,
+             attempts: list[dict] | None = None) -> Path:
+    """A run directory as ablate-train and ablate-eval leave it, with known numbers; the eval
+    measured step `eval_step` (the run ends at step 10)."""
     cfg = RunConfig()
     cfg.model.position.kind, cfg.seed, cfg.run_name = position, seed, f"{position}-s{seed}"
     run = root / cfg.run_name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     (run / "summary.json").write_text(json.dumps({
-        "status": status, "val_loss": val_loss, "non_embedding_params": 1000, "flops_per_token": 6000,
-        "kv_bytes_per_token": 64, "tokens_per_s": 100.0, "wall_time_s": 10.0}))
+        "status": status, "step": 10, "steps_total": 10, "val_loss": val_loss, "non_embedding_params": 1000,
+        "flops_per_token": 6000, "kv_bytes_per_token": 64, "tokens_per_s": 100.0, "wall_time_s": 10.0,
+        **({"attempts": attempts} if attempts else {})}))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "tokens": 100 * i, "loss": 5.0 - i / 10})
                                                + "\n" for i in range(1, 6)))
     if acc is not None:
@@ -32,7 +38,8 @@ def make_run(root: Path, position: str, seed: int, status: str = "completed", ac
         results = {"task_a": {"acc,none": acc, "acc_stderr,none": 0.01}}
         for length, value in (ppl or {}).items():
             results[f"extrapolation_{length}x"] = {"perplexity,none": value, "perplexity_stderr,none": 0.1}
-        (run / "eval" / "probes.json").write_text(json.dumps({"results": results}))
+        provenance = {"step": eval_step, "config_hash": RunDir(run).config_hash()}
+        (run / "eval" / "probes.json").write_text(json.dumps({"results": results, "provenance": provenance}))
     return run
 
 
@@ -80,8 +87,8 @@ def test_means_intervals_deltas_and_failed_rows(experiment):
     assert not bool(d.loc["sinusoidal", "task_a|acc|sig"])  # -0.03 < 1.96 * sqrt(0.01^2 + 0.05^2)
     shown, legend = render(s)
     assert shown.loc["alibi", "task_a acc"].startswith("**0.850 ± 0.050 (+0.2)")  # best, significant
-    assert shown.loc["sinusoidal", "task_a acc"].endswith("†)")
-    assert shown.loc["learned", "task_a acc"] == "n/a"
+    assert shown.loc["sinusoidal", "task_a acc"].endswith("†) [without 1 diverged]")  # the cell says what it lacks
+    assert shown.loc["learned", "task_a acc"] in ("n/a (1 failed, 1 missing)", "n/a (1 missing, 1 failed)")
     assert "z-test" in legend and "`rope`" in legend
 
 
@@ -109,3 +116,57 @@ def test_report_of_a_real_sweep(cache_dir, tmp_path):
     table = pd.read_csv(tmp_path / "default" / "report" / "table.csv", index_col=0)
     assert set(table.index) == {"rope", "alibi"} and (table["seeds"] == 1).all()
     assert table["ablate_agreement|acc"].between(0, 1).all()
+
+
+def test_stale_evaluations_are_listed_never_averaged(tmp_path):
+    """An eval of another checkpoint than the final one (or with no provenance) is not used."""
+    root = tmp_path / "exp"
+    make_run(root, "rope", 0, acc=0.60)
+    make_run(root, "rope", 1, acc=0.99, eval_step=4)  # measured at step 4 of 10: a half-trained model
+    legacy = make_run(root, "alibi", 0, acc=0.99)
+    results = json.loads((legacy / "eval" / "probes.json").read_text())
+    del results["provenance"]  # as an older ablate wrote it
+    (legacy / "eval" / "probes.json").write_text(json.dumps(results))
+    make_run(root, "alibi", 1, acc=0.70)
+    df = collect(root)
+    assert set(df.attrs["stale"]) == {("rope-s1", "probes"), ("alibi-s0", "probes")}
+    assert "measured step 4; the run ended at step 10" in df.attrs["stale"][("rope-s1", "probes")]
+    s = summarize(df, baseline="rope")
+    assert s.loc["rope", "task_a|acc"] == pytest.approx(0.60) and s.loc["alibi", "task_a|acc"] == pytest.approx(0.70)
+    assert s.loc["rope", "train|val_loss"] == pytest.approx(3.0)  # the runs themselves still count
+    shown, _ = render(s)
+    assert shown.loc["rope", "task_a acc"].endswith("[without 1 stale eval]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report(root)
+    assert any("rope-s1: eval/probes.json: it measured step 4" in str(w.message) for w in caught)
+    extra = df[df.task.str.startswith("extrapolation_")]
+    assert extra.empty or not set(extra.run) & {"rope-s1", "alibi-s0"}
+
+
+def test_baseline_is_the_sweeps_first_arm_and_must_exist(tmp_path):
+    root = tmp_path / "exp"
+    for position in ("rope", "alibi"):
+        make_run(root, position, 0, acc=0.5)
+    order = []
+    for position in ("rope", "alibi"):  # the sweep's order, as the sweeper writes it: rope first
+        cfg = RunConfig()
+        cfg.model.position.kind = position
+        order.append(json.dumps({"run": f"{position}-s0", "config": cfg.to_dict()}))
+    (root / "runs.jsonl").write_text("\n".join(order) + "\n")
+    s = summarize(collect(root))
+    assert s.attrs["baseline"] == "rope" and list(s.index) == ["rope", "alibi"]  # not alphabetical
+    with pytest.raises(ConfigError, match=r"baseline='rop': not a variant of this experiment \(valid: rope, alibi\)"):
+        summarize(collect(root), baseline="rop")
+    out = run_cli("ablate.report", f"path={root}", "baseline=rop", check=False)
+    assert out.returncode == 2 and "baseline='rop'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_plots_draw_completed_runs_only_and_retries_are_shown(experiment):
+    make_run(experiment, "nope", 0, acc=0.5, attempts=[{"status": "diverged", "step": 3, "diverged_at_step": 3}])
+    df = collect(experiment)
+    drawn, note = plotted(df)
+    assert set(drawn.status) == {"completed"} and "learned-s0" not in set(drawn.run)
+    assert "learned-s0 (failed)" in note and "sinusoidal-s1 (diverged)" in note and "learned-s1 (missing)" in note
+    s = summarize(df, baseline="rope")
+    assert s.loc["nope", "runs"] == "1 completed (1 retried after diverging)"

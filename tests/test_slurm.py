@@ -47,6 +47,19 @@ def test_three_variant_sweep_on_slurm(cache_dir, tmp_path):
     assert "to run: 0 jobs" in out.stdout
 
 
+def test_jobs_that_train_and_evaluate_end_on_slurm(cache_dir, tmp_path):
+    """Each job trains, then evaluates under submitit's signal handlers (which ignore SIGTERM),
+    with metrics whose stderr lm-eval bootstraps in a forked pool: both jobs end, both evaluated."""
+    run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=rope,alibi", "train.eval_at_end=true",
+            "eval=probes", "eval.probe_items=40",
+            *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
+    runs = sorted(p for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists())
+    assert len(runs) == 2 and all(_summary(r)["status"] == "completed" for r in runs)
+    for run in runs:
+        probes = json.loads((run / "eval" / "probes.json").read_text())
+        assert probes["provenance"]["final"] and probes["results"]["ablate_copy"]["perplexity_stderr,none"] > 0
+
+
 def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
     common = ("train.tokens=1024000", "train.checkpoint_every=50", "train.threads=1", "train.log_every=50",
               "train.eval_every=0")

@@ -94,9 +94,22 @@ def test_sigterm_checkpoints_exits_and_resumes(cache_dir, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     s = summary(run)
     assert s["status"] == "interrupted" and 0 < s["step"] < 200
-    assert (run / "checkpoints" / f"step_{s['step']:08d}.pt").exists()  # written on the signal, off schedule
+    name = f"step_{s['step']:08d}"
+    assert (run / "checkpoints" / f"{name}.pt").exists()  # written on the signal, off schedule
+    # an unfinished run has no final model: ablate-eval says so, and measures a checkpoint only when named
+    out = run_cli("ablate.evaluate", f"run={run}", "suite=extrapolation", check=False)
+    assert out.returncode == 2 and f"is interrupted at step {s['step']} of 200" in out.stderr
+    assert f"checkpoint={name}.pt" in out.stderr and not (run / "eval").exists()
+    out = run_cli("ablate.evaluate", f"run={run}", f"checkpoint={name}.pt", "suite=extrapolation")
+    assert "not the final model" in out.stderr
+    early = json.loads((run / "eval" / name / "extrapolation.json").read_text())
+    assert early["provenance"]["step"] == s["step"] and not early["provenance"]["final"]
     run_cli("ablate.train", *args)
     assert summary(run)["status"] == "completed" and [r["step"] for r in metrics(run)] == list(range(1, 201))
+    # the evaluation of the interrupted model is listed as stale, never reported next to the final loss
+    out = run_cli("ablate.report", f"path={run.parent}")
+    assert f"eval/{name}/extrapolation.json: it measured step {s['step']}; the run ended at step 200" in out.stderr
+    assert "extrapolation" not in (run.parent / "report" / "table.csv").read_text()
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
@@ -111,6 +124,18 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     state = torch.load(run / "checkpoints" / saved[-1], weights_only=False)
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert metrics(run)[-1]["loss"] in ("nan", "inf")
+    # started again (a re-run sweep, a requeue): the run stays diverged, its record untouched
+    before = (run / "metrics.jsonl").read_text()
+    out = run_cli("ablate.train", *args)
+    assert "stays diverged" in out.stdout + out.stderr and (run / "metrics.jsonl").read_text() == before and summary(run) == s
+    plan = run_cli("ablate.train", "-m", *args, "--plan")
+    assert "diverged (kept)" in plan.stdout and "to run: 0 jobs" in plan.stdout
+    # a retry when asked for: from the last good checkpoint, every attempt kept
+    run_cli("ablate.train", *args, "train.retry_diverged=true")
+    again = summary(run)
+    assert again["attempts"] == [{"status": "diverged", "step": s["step"], "diverged_at_step": s["diverged_at_step"]}]
+    assert (run / "metrics.attempt1.jsonl").read_text() == before
+    assert again["status"] == "diverged" and again["diverged_at_step"] == s["diverged_at_step"]  # bit-exact on CPU
 
 
 def test_a_different_config_refuses_the_run_dir(cache_dir, tmp_path):
@@ -206,3 +231,43 @@ def test_prepare_then_train_with_a_tokenizer_file(cache_dir, tmp_path):
     s = summary(tmp_path / "default" / "tokfile")
     assert s["status"] == "completed"
     assert _yaml(tmp_path / "default" / "tokfile" / "config.yaml")["model"]["vocab_size"] % 64 == 0
+
+
+def test_unreadable_checkpoint_is_moved_aside_and_the_one_before_used(cache_dir, tmp_path):
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=torn", "train.tokens=204800", "train.checkpoint_every=20",
+                          "train.keep_checkpoints=3")
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    run = tmp_path / "default" / "torn"
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step_00000040.pt").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    saved = sorted((run / "checkpoints").glob("step_*.pt"))
+    assert summary(run)["status"] == "interrupted" and len(saved) >= 2
+    torn = saved[-1]
+    torn.write_bytes(torn.read_bytes()[:1000])  # a copy cut short
+    out = run_cli("ablate.train", *args)
+    log = out.stdout + out.stderr
+    assert "moved aside" in log and f"resuming {run} from step {int(saved[-2].stem[5:])}" in log
+    assert (torn.parent / f"{torn.name}.unreadable").exists()  # kept, never deleted
+    assert summary(run)["status"] == "completed" and [r["step"] for r in metrics(run)] == list(range(1, 201))
+    # a corrupt final checkpoint: every command that reads it says so in one line
+    (run / "checkpoints" / "step_00000200.pt").write_bytes(b"not a checkpoint")
+    for module, extra in (("ablate.evaluate", ["suite=extrapolation"]), ("ablate.export", [])):
+        out = run_cli(module, f"run={run}", *extra, check=False)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert len(errors) == 1 and "step_00000200.pt is not a readable checkpoint" in errors[0]
+
+
+def test_integral_floats_are_accepted_for_counts():
+    from ablate.config import compose_root
+    from ablate.registry import ConfigError
+
+    cfg = RunConfig.from_dict(compose_root(["train.tokens=5e6", "model.dim=512", "train.batch_tokens=1.6384e4"]))
+    assert cfg.train.tokens == 5_000_000 and isinstance(cfg.train.tokens, int) and cfg.train.batch_tokens == 16384
+    with pytest.raises(ConfigError, match=r"train.tokens=1.5: expected int"):
+        RunConfig.from_dict(compose_root(["train.tokens=1.5"]))

@@ -179,7 +179,8 @@ def documents(seed: int, n_words: int, words_per_doc: int = 200) -> Iterator[str
 def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
     """n items of each probe task, all inside the reserved slice (so none was ever trained on).
 
-    agreement: BLiMP's fields (sentence_good, sentence_bad) plus phenomenon and distance.
+    agreement: BLiMP's fields (sentence_good, sentence_bad) plus phenomenon and distance, and the
+               pair as `choices` (good first), which the task reads without a template.
     recall:    context ending in "ask KEY", choices = every value of the table, gold = the index.
     copy:      context "copy : SPAN |", continuation " SPAN ." (scored token by token).
     """
@@ -189,7 +190,8 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
         pair = lang.agreement_pair()
         if reserved(pair.good):  # and so pair.bad: they share a signature
             out["agreement"].append({"sentence_good": pair.good, "sentence_bad": pair.bad,
-                                     "phenomenon": pair.phenomenon, "distance": pair.distance})
+                                     "phenomenon": pair.phenomenon, "distance": pair.distance,
+                                     "choices": [pair.good, pair.bad]})
     while len(out["recall"]) < n:
         table, pairs = lang.recall(n_pairs=lang.rng.randint(4, 12))
         key, value = lang.rng.choice(pairs)

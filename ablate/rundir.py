@@ -1,0 +1,274 @@
+"""The run directory: every file name and on-disk format of a run lives here, and nowhere else.
+
+    results/<experiment>/<run>/
+        config.yaml          the resolved RunConfig
+        summary.json         status, step, costs, losses, and how every earlier attempt ended
+        metrics.jsonl        a line per logged step (metrics.attemptN.jsonl: an attempt a retry replaced)
+        tokenizer.json       the tokenizer the run was trained with
+        checkpoints/         step_NNNNNNNN.pt (see ablate.checkpoint); unreadable ones moved aside
+        eval/<suite>.json    an evaluation of the final checkpoint of the completed run
+        eval/step_NNNNNNNN/<suite>.json   an evaluation of any other checkpoint (named explicitly)
+        hf/                  ablate-export's transformers model
+
+Every evaluation records which checkpoint it measured (its provenance); `eval_problem` says whether
+an evaluation still describes the run, so that a table never mixes a half-trained model's scores
+with a finished run's loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate import checkpoint as ckpt
+from ablate.config import OPERATIONAL
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically: a temporary file in the same directory, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=1, default=_plain) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _plain(obj: Any) -> Any:
+    """JSON for what lm-eval's results hold besides plain types (numpy scalars, sets, callables)."""
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        out.update(flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short hash of the fields of a config that change what a run computes."""
+    computed = {k: v for k, v in flatten(config).items() if not k.startswith(OPERATIONAL)}
+    return hashlib.sha256(json.dumps(computed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EvalFile:
+    """One evaluation results file of a run and what it says it measured."""
+
+    path: Path
+    suite: str
+    results: dict[str, Any]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.results.get("provenance") or {}
+
+
+class RunDir:
+    """One run's directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ---- paths ---------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def hf_dir(self) -> Path:
+        return self.path / "hf"
+
+    def is_run(self) -> bool:
+        """A run has been set up here (its config is written before its first step)."""
+        return self.config_file.exists()
+
+    # ---- config --------------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(self.config_file))
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        from omegaconf import OmegaConf
+
+        write_text(self.config_file, OmegaConf.to_yaml(OmegaConf.create(config)))
+
+    def config_hash(self) -> str:
+        """A hash of what the stored config computes: operational settings (threads, logging,
+        evaluation, ...) left out, so that resuming with other ones keeps the hash."""
+        return config_hash(self.read_config())
+
+    # ---- status --------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any] | None:
+        return read_json(self.summary_file)
+
+    def status(self) -> str:
+        """`new` when nothing has run here; else the summary's status."""
+        summary = self.summary()
+        return "new" if summary is None else str(summary.get("status", "unknown"))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_file, summary)
+
+    # ---- metrics -------------------------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_file, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop the lines logged after `step`: a resumed run logs them again."""
+        if self.metrics_file.exists():
+            kept = [line for line in self.metrics_file.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= step]
+            write_text(self.metrics_file, "".join(line + "\n" for line in kept))
+
+    def archive_metrics(self, attempt: int) -> Path | None:
+        """Keep the metrics of an attempt that a retry will truncate, as metrics.attempt<N>.jsonl."""
+        if not self.metrics_file.exists():
+            return None
+        return write_text(self.path / f"metrics.attempt{attempt}.jsonl", self.metrics_file.read_text())
+
+    def clear_metrics(self) -> None:
+        self.metrics_file.unlink(missing_ok=True)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Readable-looking checkpoint files, oldest first."""
+        return ckpt.checkpoints(self.checkpoint_dir)
+
+    def checkpoint_of(self, name: str | Path) -> Path:
+        """A checkpoint named by path, by file name (step_00000160.pt) or by step (160)."""
+        name = str(name)
+        if name.isdigit():
+            return self.checkpoint_dir / ckpt.file_name(int(name))
+        path = Path(name)
+        return path if path.exists() or path.parent != Path(".") else self.checkpoint_dir / name
+
+    def final_checkpoint(self) -> Path | None:
+        """The checkpoint a completed run ended with; None for any other run."""
+        summary = self.summary() or {}
+        if summary.get("status") != "completed":
+            return None
+        return self.checkpoint_dir / ckpt.file_name(int(summary["step"]))
+
+    # ---- evaluations ---------------------------------------------------------------------------
+    def eval_file(self, suite: str, step: int | None = None) -> Path:
+        """Where the evaluation of `suite` goes: eval/<suite>.json for the final checkpoint, else
+        eval/step_NNNNNNNN/<suite>.json, so that no other checkpoint overwrites the final one."""
+        where = self.eval_dir if step is None else self.eval_dir / ckpt.file_name(step).removesuffix(".pt")
+        return where / f"{suite}.json"
+
+    def samples_file(self, suite: str, step: int | None = None) -> Path:
+        return self.eval_file(suite, step).with_name(f"{suite}_samples.jsonl")
+
+    def provenance(self, checkpoint: Path, step: int, tokens: int) -> dict[str, Any]:
+        """What an evaluation of `checkpoint` (taken at `step`, after `tokens`) measured."""
+        from ablate import __version__
+
+        summary = self.summary() or {}
+        final = self.final_checkpoint()
+        return {"run": self.name, "checkpoint": os.path.relpath(checkpoint, self.path), "step": step,
+                "tokens": tokens, "final": final is not None and final.resolve() == Path(checkpoint).resolve(),
+                "run_status": summary.get("status", "new"), "run_steps_total": summary.get("steps_total"),
+                "config_hash": self.config_hash(), "ablate_version": __version__}
+
+    def evals(self) -> list[EvalFile]:
+        """Every evaluation results file of the run (of the final checkpoint and of others)."""
+        if not self.eval_dir.is_dir():
+            return []
+        paths = sorted(self.eval_dir.glob("*.json")) + sorted(self.eval_dir.glob("step_*/*.json"))
+        return [EvalFile(p, p.stem, read_json(p) or {}) for p in paths]
+
+    def eval_problem(self, found: EvalFile) -> str | None:
+        """None when `found` measured the final checkpoint of this completed run under its
+        current config; otherwise why it does not describe the run."""
+        p = found.provenance
+        if "step" not in p:
+            return "it records no checkpoint (written by an older ablate)"
+        summary = self.summary() or {}
+        status = summary.get("status", "new")
+        if status != "completed":
+            return f"it measured step {p['step']} of a run that is {status}"
+        if int(p["step"]) != int(summary.get("step", -1)):
+            return f"it measured step {p['step']}; the run ended at step {summary.get('step')}"
+        if p.get("config_hash") != self.config_hash():
+            return "it measured the run under another config"
+        return None
+
+    def current_eval(self, suite: str) -> EvalFile | None:
+        """The evaluation of `suite` that describes the final model, if there is one."""
+        path = self.eval_file(suite)
+        if not path.exists():
+            return None
+        found = EvalFile(path, suite, read_json(path) or {})
+        return found if self.eval_problem(found) is None else None
+
+
+def runs_in(experiment_dir: str | Path) -> list[RunDir]:
+    """The run directories of an experiment, by name."""
+    root = Path(experiment_dir)
+    if not root.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(root.iterdir()) if RunDir(p).is_run()]

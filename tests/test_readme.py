@@ -1,0 +1,62 @@
+"""Every ablate command the README shows composes: each `ablate-*` line of its bash blocks (and each
+inline command without placeholders) is parsed and its config composed and validated as the command
+would, with nothing trained, evaluated or submitted (sweeps run with --plan)."""
+
+import re
+import shlex
+
+import pytest
+
+from ablate.cli import key_values
+from ablate.config import RunConfig, compose_root
+from ablate.evaluate import parse as parse_eval
+
+from conftest import ROOT, run_cli
+
+PLACEHOLDER = re.compile(r"[\[<]|\b[A-Z]{1,}\b(?!=)")  # [OPTIONS], <run>, NAME, PATH, X
+
+
+def readme_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        lines += block.replace("\\\n", " ").splitlines()
+    lines += [span for span in re.findall(r"`([^`\n]+)`", text)
+              if span.startswith("ablate-") and not PLACEHOLDER.search(span)]
+    commands = []
+    for line in lines:
+        for part in line.split("&&"):
+            words = [w for w in shlex.split(part, comments=True) if w != "..."]
+            if "-m" in words and words[0] == "torchrun":  # torchrun ... -m ablate.train ARGS
+                words = ["ablate-train", *words[words.index("-m") + 2:]]
+            if words and words[0].startswith("ablate-"):
+                commands.append(words)
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_commands_of_every_kind():
+    kinds = {c[0] for c in COMMANDS}
+    assert {"ablate-train", "ablate-eval", "ablate-report", "ablate-prepare"} <= kinds, kinds
+    assert any("5e6" in " ".join(c) for c in COMMANDS)  # numbers as people type them
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c)[:80] for c in COMMANDS])
+def test_readme_command_composes(command, tmp_path):
+    name, args = command[0], command[1:]
+    if name in ("ablate-train", "ablate-prepare") and "-m" in args:
+        out = run_cli("ablate.train", *args, "--plan", f"results_dir={tmp_path}")
+        assert "to run:" in out.stdout
+    elif name in ("ablate-train", "ablate-prepare"):
+        overrides = [a for a in args if a not in ("--cfg", "job")]
+        RunConfig.from_dict(compose_root(overrides))
+    elif name == "ablate-eval":
+        parse_eval(args)
+    elif name == "ablate-report":
+        key_values(args, ("experiment", "path", "results_dir", "baseline"))
+    elif name == "ablate-export":
+        key_values(args, ("run", "out", "checkpoint"))
+    else:
+        pytest.fail(f"no check for {name}")
