@@ -1,22 +1,49 @@
-"""Typed configuration: plain dataclasses that Hydra's YAML is turned into.
+"""Typed configuration: plain dataclasses that Hydra's YAML is turned into. A leaf: it knows no
+registry, no model and no Hydra.
 
-`Transformer(ModelConfig(...))` needs no Hydra. `ModelConfig.from_dict` builds one from a (composed)
-mapping, rejecting unknown fields and wrong types; `validate()` rejects impossible combinations.
-Both raise `ConfigError`, naming the dotted field and the valid values.
+`Transformer(ModelConfig(...))` needs no Hydra. `from_dict` builds a config from a (composed)
+mapping, rejecting unknown fields and wrong types; `validate()` rejects impossible numbers and
+combinations. Whether a named choice exists (a position scheme, a norm, a data source) is checked
+beside its registry: `ablate.model.check_model`, `ablate.data.sources.check_data`. All raise
+`ConfigError`, naming the dotted field and the valid values.
+
+Each field says what it is for in its metadata: `operational` fields change how a run is executed
+or reported, never what it computes (a run may resume with them changed, and they are not part of
+its config hash); `identity` fields name and place a run; `derived` fields are set by ablate itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ablate.registry import ConfigError
 
 C = TypeVar("C")
+
+
+def operational(default: Any = None, *, factory: Any = None) -> Any:
+    """A field that changes how a run is executed or reported, not what it computes."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"operational": True})
+    return field(default=default, metadata={"operational": True})
+
+
+def marked(cls: type, mark: str, prefix: str = "") -> tuple[str, ...]:
+    """Dotted names of the fields of dataclass `cls` (nested ones included) whose metadata has
+    `mark`; a marked section ends with a dot ("eval."), so that it covers every field inside."""
+    hints = typing.get_type_hints(cls)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get(mark):
+            names.append(f"{prefix}{f.name}" + ("." if dataclasses.is_dataclass(hints[f.name]) else ""))
+        elif dataclasses.is_dataclass(hints[f.name]):
+            names += marked(hints[f.name], mark, f"{prefix}{f.name}.")
+    return tuple(names)
 
 
 @dataclass
@@ -26,6 +53,7 @@ class PositionConfig:
     kind: str = "rope"
     theta: float = 10_000.0  # rope: base of the rotation frequencies
     rotary_fraction: float = 1.0  # rope: share of head_dim that is rotated (GPT-NeoX's rotary_pct)
+    nope_every: int = 4  # rope_nope: every k-th layer has no positions (SmolLM3: 4)
 
 
 @dataclass
@@ -50,7 +78,14 @@ class AttentionConfig:
     window_pattern: str = "global"  # which layers use the window: global | local | alternating
     qkv_bias: bool = False
     out_bias: bool = False
-    backend: str = "auto"  # auto | sdpa | eager | flex (auto: sdpa, or eager where soft-capping needs it)
+    backend: str = operational("auto")  # auto | sdpa | eager | flex (auto picks by device and need)
+
+
+def attention_family(n_heads: int, n_kv_heads: int | None) -> str:
+    """mha, mqa, or gqa<K> for K shared key/value heads: one spelling everywhere (summaries, tables)."""
+    if n_kv_heads in (None, n_heads):
+        return "mha"
+    return "mqa" if n_kv_heads == 1 else f"gqa{n_kv_heads}"
 
 
 @dataclass
@@ -76,7 +111,7 @@ class MlpConfig:
 class ModelConfig:
     """A decoder-only transformer; every architectural axis of an ablation is a field here."""
 
-    vocab_size: int = 4096
+    vocab_size: int = field(default=4096, metadata={"derived": True})  # training: the tokenizer's, padded
     dim: int = 256
     n_layers: int = 4
     max_seq_len: int = 256  # training context; the size of a learned position table
@@ -103,6 +138,10 @@ class ModelConfig:
         return self.attention.n_kv_heads or self.attention.n_heads
 
     @property
+    def attention_family(self) -> str:
+        return attention_family(self.n_heads, self.attention.n_kv_heads)
+
+    @property
     def head_dim(self) -> int:
         return self.attention.head_dim or self.dim // self.attention.n_heads
 
@@ -111,32 +150,11 @@ class ModelConfig:
         """Factor on q.k scores."""
         return (self.attention.query_pre_attn_scalar or self.head_dim) ** -0.5
 
-    @property
-    def mlp_hidden_dim(self) -> int:
-        from ablate.model.mlp import MLPS
-
-        gated = MLPS.get(self.mlp.kind, "model.mlp.kind").gated
-        hidden = self.mlp.hidden_dim
-        if hidden is None:
-            hidden = 8 * math.ceil(8 * self.dim / 3 / 8) if gated else 4 * self.dim
-        if self.match_mha_params and self.n_kv_heads < self.n_heads:
-            # the key/value parameters GQA / MQA saves, spent on hidden units of the MLP
-            saved = 2 * (self.n_heads - self.n_kv_heads) * self.head_dim * (self.dim + self.attention.qkv_bias)
-            per_unit = (3 if gated else 2) * self.dim + ((2 if gated else 1) if self.mlp.bias else 0)
-            hidden += round(saved / per_unit)
-        return hidden
-
-    def layer_window(self, layer: int) -> int | None:
-        """The sliding window of layer `layer`, or None where it attends globally."""
-        from ablate.model.attention import WINDOW_PATTERNS
-
-        local = WINDOW_PATTERNS.get(self.attention.window_pattern, "model.attention.window_pattern")
-        return self.attention.window if local(layer) else None
-
     # ---- construction and checks ---------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], prefix: str = "model") -> "ModelConfig":
-        """Build from a mapping (e.g. a composed Hydra node); unknown keys and wrong types raise ConfigError."""
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = "model") -> ModelConfig:
+        """Build from a mapping (e.g. a composed Hydra node); unknown keys, wrong types and
+        impossible numbers raise ConfigError (unknown choices: ablate.model.check_model)."""
         config = from_dict(cls, data, prefix)
         config.validate(prefix)
         return config
@@ -144,28 +162,17 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self, prefix: str = "model") -> "ModelConfig":
-        """Raise ConfigError at the first impossible value; return self when all is well."""
-        from ablate.model.attention import BACKENDS, WINDOW_PATTERNS
-        from ablate.model.block import PLACEMENTS
-        from ablate.model.mlp import MLPS
-        from ablate.model.norm import NORMS
-        from ablate.model.position import POSITIONS
+    def validate(self, prefix: str = "model") -> ModelConfig:
+        """Raise ConfigError at the first impossible value; return self when all is well. Checks
+        that need a registry (which choices exist) are ablate.model.check_model's."""
 
         def f(name: str) -> str:
             return f"{prefix}.{name}"
 
-        for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "attention.n_heads"):
+        for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "attention.n_heads", "position.nope_every"):
             value = _get(self, name)
             if value < 1:
                 raise ConfigError(f(name), value, "must be a positive integer")
-        POSITIONS.get(self.position.kind, f("position.kind"))
-        NORMS.get(self.norm.kind, f("norm.kind"))
-        PLACEMENTS.get(self.placement, f("placement"))
-        MLPS.get(self.mlp.kind, f("mlp.kind"))
-        WINDOW_PATTERNS.get(self.attention.window_pattern, f("attention.window_pattern"))
-        BACKENDS.get(self.attention.backend, f("attention.backend"))
-
         a = self.attention
         divisors = [d for d in range(1, a.n_heads + 1) if a.n_heads % d == 0]
         if a.n_kv_heads is not None and a.n_kv_heads not in divisors:
@@ -186,19 +193,12 @@ class ModelConfig:
         if a.window_pattern != "global" and a.window is None:
             raise ConfigError(f("attention.window"), None,
                               f"window_pattern={a.window_pattern!r} needs a window size")
-        if a.window is not None and a.window_pattern == "global":
-            raise ConfigError(f("attention.window_pattern"), "global",
-                              f"a window of {a.window} would be unused", valid=WINDOW_PATTERNS.names())
-        if a.softcap is not None and a.backend == "sdpa":
-            raise ConfigError(f("attention.backend"), "sdpa", "SDPA cannot soft-cap attention logits",
-                              valid=[n for n in BACKENDS.names() if n != "sdpa"])
         if self.norm.eps <= 0:
             raise ConfigError(f("norm.eps"), self.norm.eps, "must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f("dropout"), self.dropout, "must be in [0, 1)")
         if self.mlp.hidden_dim is not None and self.mlp.hidden_dim < 1:
             raise ConfigError(f("mlp.hidden_dim"), self.mlp.hidden_dim, "must be a positive integer or null")
-        POSITIONS.get(self.position.kind).check(self, prefix)
         return self
 
 
@@ -221,7 +221,7 @@ class DataConfig:
     tokenizer_documents: int = 200_000  # bpe: trained on at most this many documents
     val_tokens: int = 65_536  # held out from the end of the token stream
     seed: int = 0  # batch order: every variant of an experiment sees the same tokens in the same order
-    cache_dir: str = ".cache/ablate"  # tokenizers and token files, shared by every run
+    cache_dir: str = operational(".cache/ablate")  # tokenizers and token files, shared by every run
 
 
 @dataclass
@@ -247,19 +247,19 @@ class TrainConfig:
 
     tokens: int = 1_500_000  # training budget
     batch_tokens: int = 8192  # global batch in tokens (all processes, all accumulation steps)
-    micro_batch: int = 8  # sequences per forward pass per process
+    micro_batch: int = operational(8)  # sequences per forward pass per process (the global batch is fixed)
     seq_len: int | None = None  # null: model.max_seq_len
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # torch threads per process; null: the cores divided among local processes
-    log_every: int = 10  # steps
-    eval_every: int = 100  # steps between validation losses; 0: only at the end
-    checkpoint_every: int = 100  # steps
-    keep_checkpoints: int = 2
-    eval_at_end: bool = False  # run the evaluation suites when training ends (or, if it has, when they are missing)
-    retry_diverged: bool = False  # train a diverged run again from its last good checkpoint (it stays diverged otherwise)
-    progress: str = "auto"  # auto (a bar on a terminal, log lines otherwise) | bar | lines
+    compile: bool = operational(False)
+    device: str = operational("auto")  # auto | cpu | cuda
+    threads: int | None = operational(None)  # torch threads per process; null: the cores divided among local processes
+    log_every: int = operational(10)  # steps
+    eval_every: int = operational(100)  # steps between validation losses; 0: only at the end
+    checkpoint_every: int = operational(100)  # steps
+    keep_checkpoints: int = operational(2)
+    eval_at_end: bool = operational(False)  # evaluate when training ends (or, if it has, what is missing)
+    retry_diverged: bool = operational(False)  # train a diverged run again from its last good checkpoint
+    progress: str = operational("auto")  # auto (a bar on a terminal, log lines otherwise) | bar | lines
 
 
 @dataclass
@@ -292,14 +292,6 @@ class CostConfig:
     mfu: float = 0.4  # the fraction of peak a run achieves
 
 
-# Fields that change how a run is executed or reported, not what it computes: a run may resume
-# with them changed.
-OPERATIONAL = ("train.compile", "train.device", "train.threads", "train.log_every", "train.eval_every",
-               "train.checkpoint_every", "train.keep_checkpoints", "train.eval_at_end", "train.progress",
-               "train.micro_batch", "train.retry_diverged", "data.cache_dir", "model.attention.backend",
-               "results_dir", "eval.", "plan", "cost.")
-
-
 @dataclass
 class RunConfig:
     """Everything one training run needs; what config.yaml in a run directory holds."""
@@ -308,16 +300,18 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = operational(factory=EvalConfig)
     seed: int = 0  # initialisation and dropout; the batch order is data.seed
-    experiment: str = "default"
-    run_name: str = "run"
-    results_dir: str = "results"
-    plan: bool = False  # with -m: list the jobs and their cost, launch nothing
-    cost: CostConfig = field(default_factory=CostConfig)
+    experiment: str = field(default="default", metadata={"identity": True})
+    run_name: str = field(default="run", metadata={"identity": True})
+    results_dir: str = operational("results")
+    plan: bool = operational(False)  # with -m: list the jobs and their cost, launch nothing
+    cost: CostConfig = operational(factory=CostConfig)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from a mapping; unknown keys, wrong types and impossible numbers raise ConfigError
+        (unknown choices: ablate.cli.check_run)."""
         config = from_dict(cls, data, "")
         config.validate()
         return config
@@ -329,7 +323,7 @@ class RunConfig:
     def seq_len(self) -> int:
         return self.train.seq_len or self.model.max_seq_len
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         self.model.validate("model")
         t, o = self.train, self.optim
         for name in ("tokens", "batch_tokens", "micro_batch", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -353,9 +347,6 @@ class RunConfig:
             raise ConfigError("optim.lr", o.lr, "must be positive")
         if not 0 <= o.min_lr_ratio <= 1:
             raise ConfigError("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
-        from ablate.data.sources import SOURCES
-
-        SOURCES.get(self.data.source, "data.source")
         if self.data.tokenizer == "bpe" and self.data.vocab_size < 257:
             raise ConfigError("data.vocab_size", self.data.vocab_size,
                               "a byte-level BPE needs at least 257 ids (256 bytes and <|endoftext|>)")
@@ -430,78 +421,7 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str:
-    """A readable run name: the model preset and its axis choices, the data set when not the
-    built-in one, the other command-line overrides that change what is computed (last part of the
-    key, the last value given), and the seed.
-    E.g. default-rope-mha-rmsnorm-pre-swiglu-s0, gpt2-alibi-mqa-layernorm-pre-gelu_tanh-dim=512-s1."""
-    axes = ("model/position", "model/attention", "model/norm", "model/placement", "model/mlp")
-    extra = sorted(g for g in choices if g.startswith("model/") and g not in axes)  # e.g. model/softcap
-    parts = [choices.get(g) for g in ("model", *axes, *extra)]
-    if choices.get("data") not in (None, "synthetic"):
-        parts.append(choices["data"])
-    named: dict[str, str] = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        key = key.lstrip("+~")
-        if key in choices or key in _UNNAMED or key.startswith(("hydra.", *OPERATIONAL)):
-            continue
-        named[key] = value  # a key given twice keeps its first place and its last value
-    parts += [f"{k.rsplit('.', 1)[-1]}={v}".replace("/", "_") for k, v in named.items()]
-    return "-".join(str(p) for p in parts if p is not None) + f"-s{seed}"
-
-
-_UNNAMED = ("seed", "experiment", "results_dir", "run_name", "plan")
-
-
-def register_configs() -> None:
-    """Put every field's default into Hydra's ConfigStore as `model_base`, which each model preset
-    extends: any field can then be overridden on the command line (model.attention.head_dim=64)
-    without a `+`, and the defaults live only in the dataclasses above. Types are checked by
-    ModelConfig.from_dict, not by OmegaConf, so errors name the valid values."""
-    from hydra.core.config_store import ConfigStore
-
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("ablate_run_name", run_name, replace=True)
-    from ablate.sweep import register as register_sweeper
-
-    register_sweeper()
-    store = ConfigStore.instance()
-    store.store(name="model_base", node=dataclasses.asdict(ModelConfig()))
-    store.store(name="data_base", node=dataclasses.asdict(DataConfig()))
-    store.store(name="eval_base", node=dataclasses.asdict(EvalConfig()))
-
-
-def compose_root(overrides: list[str] | None = None, config_dir: str | None = None) -> dict[str, Any]:
-    """Compose conf/config.yaml with Hydra's compose API (no app running) and return it as a plain
-    dict (the `hydra` node and run_name, which need a running app, left out). An unknown group
-    option raises ConfigError listing the options there are."""
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
-    from omegaconf import OmegaConf
-
-    register_configs()
-    conf = Path(config_dir) if config_dir else Path(__file__).resolve().parent.parent / "conf"
-    overrides = list(overrides or [])
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base=None):
-            composed = compose(config_name="config", overrides=overrides)
-    except MissingConfigException as err:
-        for item in overrides:
-            group, _, option = item.lstrip("+~").partition("=")
-            options = sorted(p.stem for p in (conf / group).glob("*.yaml")) if (conf / group).is_dir() else []
-            if options and option not in options:
-                raise ConfigError(group, option, "no such option", valid=options) from None
-        raise
-    composed = OmegaConf.to_container(composed, resolve=False)
-    composed.pop("run_name", None)
-    return OmegaConf.to_container(OmegaConf.create(composed), resolve=True)
-
-
-def compose_model(overrides: list[str] | None = None, config_dir: str | None = None) -> ModelConfig:
-    """The validated ModelConfig of conf/ under `overrides` (e.g. ["model=gemma2",
-    "model/position=alibi"]); for notebooks and tests, where no Hydra app is running."""
-    return ModelConfig.from_dict(compose_root(overrides, config_dir)["model"])
+# What the config says of its own fields (see the module doc).
+OPERATIONAL = marked(RunConfig, "operational")
+IDENTITY = marked(RunConfig, "identity")
+DERIVED = marked(RunConfig, "derived")

@@ -35,12 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from ablate.checkpoint import CheckpointError
+from ablate.cli import command, compose_root
 from ablate.config import EvalConfig, SuiteConfig
 from ablate.data.tokens import cached_dir, prepare
-from ablate.lm import AblateLM, RunError, load_run
+from ablate.lm import AblateLM, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir, runs_in, write_json, write_text
+from ablate.rundir import RunDir, RunError, runs_in, write_json, write_text
 
 log = logging.getLogger("ablate.eval")
 PROBE_TASKS = {"ablate_agreement": "agreement", "ablate_recall": "recall", "ablate_copy": "copy",
@@ -251,7 +252,8 @@ def extrapolation(model: Transformer, tokens: np.ndarray, train_len: int, length
                                "train_seq_len": train_len}
         limit = model.position.max_len
         if limit is not None and L > min(limit, train_len):
-            row["not_applicable"] = f"{model.cfg.position.kind} positions were trained on {min(limit, train_len)} tokens"
+            trained = min(limit, train_len)
+            row["not_applicable"] = f"{model.cfg.position.kind} positions were trained on {trained} tokens"
         elif n == 0:
             row["not_applicable"] = f"fewer than {L + 1} held-out tokens"
         else:
@@ -323,7 +325,7 @@ def parse(argv: list[str]) -> tuple[dict[str, Any], EvalConfig]:
     """key=value arguments: run=, checkpoint=, experiment=, results_dir=, suite= (or eval=), tasks=,
     --samples, --prefetch; the rest are Hydra overrides of the eval config (eval.limit=100,
     eval.local_data.X=...)."""
-    from ablate.config import compose_root, from_dict
+    from ablate.config import from_dict
 
     opts: dict[str, Any] = {"prefetch": False, "samples": False, "run": None, "checkpoint": None, "experiment": None,
                             "results_dir": "results", "suite": None, "tasks": None}
@@ -368,18 +370,15 @@ def runs_of(opts: dict[str, Any]) -> list[Path]:
         if not runs:
             results = Path(opts["results_dir"])
             there = sorted(p.name for p in results.iterdir()) if results.is_dir() else []
-            raise RunError(f"no runs under {root}" + (f"; experiments in {results}: {', '.join(there)}" if there else ""))
+            elsewhere = f"; experiments in {results}: {', '.join(there)}" if there else ""
+            raise RunError(f"no runs under {root}{elsewhere}")
         return runs
     raise RunError("say which run: run=PATH (a run directory) or experiment=NAME (all of its runs)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
+    def body(argv: list[str]) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         opts, eval_cfg = parse(argv)
         if opts["prefetch"]:
             print("cached:", ", ".join(prefetch(eval_cfg)))
@@ -396,9 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(run)
                 print(f"skipped {run}: {err}", file=sys.stderr)
         return 1 if skipped else 0
-    except (ConfigError, RunError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return command(__doc__, argv, body, needs_args=False)
 
 
 if __name__ == "__main__":

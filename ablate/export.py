@@ -7,10 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ablate.checkpoint import CheckpointError
-from ablate.cli import command
+from ablate.cli import command, key_values
 from ablate.data.tokens import EOS, Tokenizer
-from ablate.lm import RunError, load_run
+from ablate.lm import load_run
 from ablate.registry import ConfigError
 from ablate.rundir import RunDir
 
@@ -37,13 +36,14 @@ def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    def body(args: dict[str, str]) -> int:
+    def body(argv: list[str]) -> int:
+        args = key_values(argv, ("run", "out", "checkpoint"))
         if "run" not in args:
             raise ConfigError("run", None, "say which run: run=PATH")
         print(export_run(args["run"], args.get("out"), args.get("checkpoint")))
         return 0
 
-    return command(__doc__, argv, ("run", "out", "checkpoint"), body, (ConfigError, RunError, CheckpointError))
+    return command(__doc__, argv, body)
 
 
 if __name__ == "__main__":

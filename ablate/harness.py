@@ -7,8 +7,9 @@ Add `--include_path <ablate>/tasks` (printed by `python -c "import ablate.evalua
 for ablate's probe tasks; ablate-eval does that, and points them at their generated files, for you.
 """
 
-import ablate.lm  # noqa: F401  (registers the `ablate` model)
 from lm_eval.__main__ import cli_evaluate
+
+import ablate.lm  # noqa: F401  (registers the `ablate` model)
 
 if __name__ == "__main__":
     cli_evaluate()

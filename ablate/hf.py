@@ -10,15 +10,18 @@ signature the model matches and otherwise says, family by family, what differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ablate.config import ModelConfig
-from ablate.model import Transformer
+from ablate.model import Transformer, check_model, layer_plan
+from ablate.model.mlp import mlp_hidden_dim
 from ablate.registry import ConfigError
+
 
 # ---- weight transforms: (to ours, to theirs), each given the tensor and our config ------------------
 def _bloom_qkv(t: Tensor, cfg: ModelConfig, to_ours: bool) -> Tensor:
@@ -51,7 +54,7 @@ def _rows(ours: str, theirs: str | tuple[str, ...], how: str = "same", bias: boo
 RESOLVED: dict[str, Callable[[ModelConfig], Any]] = {
     "attention.n_kv_heads": lambda c: c.n_kv_heads,
     "attention.head_dim": lambda c: c.head_dim,
-    "mlp.hidden_dim": lambda c: c.mlp_hidden_dim,
+    "mlp.hidden_dim": lambda c: mlp_hidden_dim(c),
     "attention.query_pre_attn_scalar": lambda c: _integral(c.attention.query_pre_attn_scalar or c.head_dim),
 }
 
@@ -95,7 +98,7 @@ class Family:
 
 _NO_EXTRAS = {"embedding_scale": False, "embedding_norm": False, "logit_softcap": None,
               "attention.softcap": None, "attention.window": None, "attention.window_pattern": "global"}
-_PLAIN_SCALE = lambda cfg: [] if cfg.attn_scale == cfg.head_dim**-0.5 else [  # noqa: E731
+_PLAIN_SCALE = lambda cfg: [] if cfg.attn_scale == cfg.head_dim**-0.5 else [
     "query_pre_attn_scalar differs from head_dim"]
 
 
@@ -144,7 +147,7 @@ GPT2 = Family(
     ),
     check=lambda cfg: _mha_only(cfg) + ([] if cfg.mlp.kind in _GPT2_ACT else
                                        [f"mlp.kind is {cfg.mlp.kind!r}, needs one of {list(_GPT2_ACT)}"]),
-    to_hf_extra=lambda cfg: {"activation_function": _GPT2_ACT[cfg.mlp.kind], "n_inner": cfg.mlp_hidden_dim},
+    to_hf_extra=lambda cfg: {"activation_function": _GPT2_ACT[cfg.mlp.kind], "n_inner": mlp_hidden_dim(cfg)},
     from_hf_extra=_gpt2_from_hf,
 )
 
@@ -176,8 +179,8 @@ BLOOM = Family(
         *_rows("final_norm", "transformer.ln_f"),
         ("head.weight", ("lm_head.weight",), "same"),
     ),
-    check=lambda cfg: _mha_only(cfg) + ([] if cfg.mlp_hidden_dim == 4 * cfg.dim else
-                                       [f"mlp.hidden_dim is {cfg.mlp_hidden_dim}, needs 4 * dim = {4 * cfg.dim}"]),
+    check=lambda cfg: _mha_only(cfg) + ([] if mlp_hidden_dim(cfg) == 4 * cfg.dim else
+                                       [f"mlp.hidden_dim is {mlp_hidden_dim(cfg)}, needs 4 * dim = {4 * cfg.dim}"]),
     from_hf_extra=_bloom_from_hf,
 )
 
@@ -253,7 +256,7 @@ GEMMA = Family(
 
 
 def _gemma2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    types = ["sliding_attention" if cfg.layer_window(i) else "full_attention" for i in range(cfg.n_layers)]
+    types = ["sliding_attention" if layer.window else "full_attention" for layer in layer_plan(cfg)]
     return {**_rope_to_hf(cfg), "hidden_activation": "gelu_pytorch_tanh", "layer_types": types,
             "sliding_window": cfg.attention.window or cfg.max_seq_len}
 
@@ -335,7 +338,7 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    return ModelConfig.from_dict(nested)
+    return check_model(ModelConfig.from_dict(nested))
 
 
 def from_hf(hf_model: Any) -> Transformer:

@@ -28,16 +28,13 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ablate import checkpoint as ckpt
+from ablate.cli import check_run
 from ablate.config import RunConfig
 from ablate.data.tokens import Tokenizer
 from ablate.model import Transformer
-from ablate.rundir import RunDir, runs_in
+from ablate.rundir import RunDir, RunError, runs_in
 
 log = logging.getLogger("ablate.lm")
-
-
-class RunError(ValueError):
-    """A run directory or checkpoint that cannot be evaluated; the message says what exists."""
 
 
 @dataclass
@@ -75,12 +72,13 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None) -> LoadedRun
             if not rd.checkpoints():
                 raise RunError(f"{rd.path} has no checkpoint yet (status: {rd.status()}); train it first")
             raise RunError(f"{rd.path} is {rd.status()} {where}: it has no final model. To evaluate a checkpoint of "
-                           f"it anyway, name one: checkpoint={rd.checkpoints()[-1].name} (checkpoints: {', '.join(have)})")
+                           f"it anyway, name one: checkpoint={rd.checkpoints()[-1].name} "
+                           f"(checkpoints: {', '.join(have)})")
     else:
         path = rd.checkpoint_of(checkpoint)
     if not path.exists():
         raise RunError(f"no checkpoint {path}; {rd.path} has: {', '.join(have)}")
-    cfg = RunConfig.from_dict(rd.read_config())
+    cfg = check_run(RunConfig.from_dict(rd.read_config()))
     state = ckpt.load(path)
     model = Transformer(cfg.model)
     model.load_state_dict(state["model"])

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablate.cli import command
+from ablate.cli import command, key_values
+from ablate.config import DERIVED, IDENTITY, OPERATIONAL, attention_family
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir, flatten, runs_in
+from ablate.rundir import ExperimentDir, RunDir, flatten
 
 # the metric that stands for a task in the table, in order of preference
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
@@ -35,18 +36,18 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     """Every run of an experiment as tidy rows: run, status, seed, variant, task, metric, value, stderr.
 
     `variant` names what differs between the runs' model / data / optim / train configs (the
-    ablated axis, found, not declared); `seed` is kept apart. Runs planned by a sweep (runs.jsonl)
+    ablated axis, found, not declared); `seed` is kept apart. Runs planned by a sweep (ExperimentDir.planned)
     without a directory appear with status `missing`. Only evaluations of the final checkpoint of
     a completed run count; any other is a row with task `eval`, metric `stale:<suite>` and the step
     it measured as its value. A run retried after diverging has a `train` row `retried_after`
     (the number of diverged attempts). The frame's attrs["order"] lists the variants in the
     sweep's order (the first is the default baseline) and attrs["stale"] says why each stale
     evaluation is stale."""
-    root = Path(experiment_dir)
-    runs = runs_in(root)
-    planned = _planned(root)
+    root = ExperimentDir(experiment_dir)
+    runs = root.runs()
+    planned = {name: flatten(cfg) for name, cfg in root.planned().items()}
     if not runs and not planned:
-        raise ConfigError("experiment", str(root), "holds no runs")
+        raise ConfigError("experiment", str(root.path), "holds no runs")
     configs = {run.name: flatten(run.read_config()) for run in runs}
     missing = {name: cfg for name, cfg in planned.items() if name not in configs}
     axes = varying([*configs.values(), *missing.values()])
@@ -99,12 +100,11 @@ def _eval_rows(base: dict[str, Any], results: dict[str, Any]) -> list[dict[str, 
 
 
 def varying(configs) -> list[str]:
-    """Config fields (except seed and bookkeeping) whose values differ between runs."""
+    """Config fields whose values differ between runs: what the experiment varies. The seed is kept
+    apart; fields that change nothing computed (operational), name the run (identity) or are set by
+    ablate itself (derived, like the vocabulary from the tokenizer) are never an axis."""
     configs = list(configs)
-    skip = ("seed", "run_name", "results_dir", "experiment", "eval.", "train.eval_at_end", "train.progress",
-            "train.log_every", "train.checkpoint_every", "train.eval_every", "train.keep_checkpoints", "plan",
-            "cost.", "data.cache_dir", "train.threads", "train.device", "train.compile", "train.micro_batch",
-            "model.vocab_size")  # set from the tokenizer at training time
+    skip = ("seed", *OPERATIONAL, *IDENTITY, *DERIVED)
     keys = sorted({k for c in configs for k in c if not k.startswith(skip)})
     return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
 
@@ -120,22 +120,12 @@ def variant_name(cfg: dict[str, Any], axes: list[str]) -> str:
 def _label(cfg: dict[str, Any], key: str) -> str:
     value, last = cfg.get(key), key.split(".")[-1]
     if key == "model.attention.n_kv_heads":
-        heads = cfg.get("model.attention.n_heads")
-        return "mha" if value in (None, heads) else "mqa" if value == 1 else f"gqa{value}"
+        return attention_family(cfg.get("model.attention.n_heads"), value)
     if last in ("kind", "placement") and isinstance(value, str):
         return value
     if isinstance(value, bool):
         return last if value else f"no {last}"
     return f"{last}={value}"
-
-
-def _planned(root: Path) -> dict[str, dict[str, Any]]:
-    """Runs a planned or launched sweep expects (runs.jsonl, written by ablate's sweeper)."""
-    path = root / "runs.jsonl"
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return {r["run"]: flatten(r["config"]) for r in rows}
 
 
 def _num(x: Any) -> float:
@@ -233,7 +223,8 @@ def deltas(summary: pd.DataFrame) -> pd.DataFrame:
     """For each score column: variant - baseline, and whether it is significant (see summarize)."""
     base = summary.attrs["baseline"]
     out = {}
-    for col in [c for c in summary.columns if c.count("|") == 1 and not c.startswith("train|") or c == "train|val_loss"]:
+    scores = [c for c in summary.columns if (c.count("|") == 1 and not c.startswith("train|")) or c == "train|val_loss"]
+    for col in scores:
         se = summary.get(col + "|se", pd.Series(math.nan, index=summary.index)).fillna(0.0)
         d = summary[col] - summary.loc[base, col]
         out[col] = d
@@ -368,7 +359,7 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     """Build the tables and plots of an experiment; returns the files written."""
     experiment_dir = Path(experiment_dir)
     df = collect(experiment_dir)
-    out = experiment_dir / "report"
+    out = ExperimentDir(experiment_dir).report_dir
     out.mkdir(exist_ok=True)
     for run, status in df.drop_duplicates("run")[["run", "status"]].itertuples(index=False):
         if status != "completed":
@@ -392,11 +383,12 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    def body(args: dict[str, str]) -> int:
+    def body(argv: list[str]) -> int:
+        args = key_values(argv, ("experiment", "path", "results_dir", "baseline"))
         root = Path(args.get("results_dir", "results"))
-        target = Path(args["path"]) if "path" in args else root / args.get("experiment", "")
         if "experiment" not in args and "path" not in args:
             raise ConfigError("argument", sorted(args), "say experiment=NAME or path=DIR")
+        target = Path(args["path"]) if "path" in args else root / args["experiment"]
         if not target.is_dir():
             there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             raise ConfigError("experiment", str(target), "no such directory", valid=there or None)
@@ -404,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {path}")
         return 0
 
-    return command(__doc__, argv, ("experiment", "path", "results_dir", "baseline"), body)
+    return command(__doc__, argv, body)
 
 
 if __name__ == "__main__":

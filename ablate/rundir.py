@@ -29,6 +29,14 @@ from ablate import checkpoint as ckpt
 from ablate.config import OPERATIONAL
 
 
+class RunError(ValueError):
+    """A run directory or checkpoint that cannot be used as asked; the message says what exists."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds something this run must not touch."""
+
+
 def write_text(path: Path, text: str) -> Path:
     """Write `text` to `path` atomically: a temporary file in the same directory, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,9 +274,54 @@ class RunDir:
         return found if self.eval_problem(found) is None else None
 
 
+class ExperimentDir:
+    """An experiment's directory: its runs, and what a sweep writes beside them.
+
+        jobs.txt        one line of overrides per job (what a Slurm job array reads)
+        runs.jsonl      every run the sweep expects, with its config, in the sweep's order
+        multirun.yaml   the sweep's composed config
+        report/         ablate-report's tables and plots
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def jobs_file(self) -> Path:
+        return self.path / "jobs.txt"
+
+    @property
+    def planned_file(self) -> Path:
+        return self.path / "runs.jsonl"
+
+    @property
+    def sweep_config_file(self) -> Path:
+        return self.path / "multirun.yaml"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    def runs(self) -> list[RunDir]:
+        """The run directories, by name."""
+        if not self.path.is_dir():
+            return []
+        return [RunDir(p) for p in sorted(self.path.iterdir()) if RunDir(p).is_run()]
+
+    def write_plan(self, jobs: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """The sweep's jobs, in its order: (overrides as one shell line, run name, config)."""
+        write_text(self.jobs_file, "".join(line + "\n" for line, _, _ in jobs))
+        write_text(self.planned_file, "".join(json.dumps({"run": run, "config": config}) + "\n"
+                                              for _, run, config in jobs))
+
+    def planned(self) -> dict[str, dict[str, Any]]:
+        """Run name -> config of every run the last sweep expects, in the sweep's order."""
+        if not self.planned_file.exists():
+            return {}
+        rows = [json.loads(line) for line in self.planned_file.read_text().splitlines() if line]
+        return {r["run"]: r["config"] for r in rows}
+
+
 def runs_in(experiment_dir: str | Path) -> list[RunDir]:
     """The run directories of an experiment, by name."""
-    root = Path(experiment_dir)
-    if not root.is_dir():
-        return []
-    return [RunDir(p) for p in sorted(root.iterdir()) if RunDir(p).is_run()]
+    return ExperimentDir(experiment_dir).runs()

@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -25,10 +25,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ablate.cli import run_config
 from ablate.config import RunConfig
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir
+from ablate.rundir import ExperimentDir, RunDir
 
 log = logging.getLogger("ablate.sweep")
 
@@ -86,13 +87,9 @@ class PlanningSweeper(Sweeper):
         grid = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
         jobs = [self._job(job) for job in grid]  # raises on the first bad combination
         check_eval_tasks(jobs)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "jobs.txt").write_text("".join(
-            " ".join(shlex.quote(o) for o in j.overrides if not o.startswith("plan=")) + "\n" for j in jobs))
-        with open(sweep_dir / "runs.jsonl", "w") as out:  # what ablate-report expects to find
-            for j in jobs:
-                out.write(json.dumps({"run": j.run_dir.name, "config": j.config.to_dict()}) + "\n")
+        sweep = ExperimentDir(self.config.hydra.sweep.dir)
+        sweep.write_plan([(" ".join(shlex.quote(o) for o in j.overrides if not o.startswith("plan=")),
+                           j.run_dir.name, j.config.to_dict()) for j in jobs])
         print(plan_table(jobs, self.config))
         if self.config.get("plan", False):
             return []
@@ -100,7 +97,7 @@ class PlanningSweeper(Sweeper):
         skipped = len(jobs) - len(todo)
         if skipped:
             log.info("%d of %d runs completed or diverged: not launched again", skipped, len(jobs))
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep.sweep_config_file)
         returns, size = [], self.max_batch_size or len(todo) or 1
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
@@ -118,8 +115,6 @@ class PlanningSweeper(Sweeper):
             cfg.hydra.job.num = 0
         HydraConfig.instance().set_config(cfg)
         try:
-            from ablate.train import run_config
-
             run = run_config(cfg)
         except ConfigError as err:
             raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- in the sweep job "

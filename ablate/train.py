@@ -16,30 +16,26 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ablate import checkpoint
-from ablate.config import OPERATIONAL, ModelConfig, RunConfig, register_configs
+from ablate.cli import hydra_app
+from ablate.config import OPERATIONAL, ModelConfig, RunConfig
 from ablate.data.batches import Batches, validation_batches
 from ablate.data.tokens import TokenData, prepare
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
-from ablate.registry import ConfigError
-from ablate.rundir import RunDir, flatten
+from ablate.rundir import RunDir, RunDirError, flatten
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
-
-
-class RunDirError(RuntimeError):
-    """The run directory holds something this run must not touch."""
 
 
 @dataclass
@@ -179,7 +175,8 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - start
         s = self.state
-        s.step, s.tokens, s.elapsed_s, s.last_loss = step + 1, s.tokens + cfg.train.batch_tokens, s.elapsed_s + seconds, loss
+        s.step, s.tokens, s.last_loss = step + 1, s.tokens + cfg.train.batch_tokens, loss
+        s.elapsed_s += seconds
         s.rates.append(cfg.train.batch_tokens / seconds)
         return {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": round(cfg.train.batch_tokens / seconds, 1), "elapsed_s": round(s.elapsed_s, 3)}
@@ -190,7 +187,7 @@ class Runner:
             self.state.val_loss = validation_loss(self.model, self.data, self.cfg, self.device, self.autocast)
             record["val_loss"] = self.state.val_loss
 
-    def log(self, record: dict[str, Any], progress: "Progress") -> None:
+    def log(self, record: dict[str, Any], progress: Progress) -> None:
         if not self.dist.is_main:
             return
         every = self.cfg.train.log_every
@@ -268,7 +265,8 @@ class Runner:
             "train_loss": s.last_loss, "val_loss": s.val_loss,
             "val_ppl": math.exp(s.val_loss) if math.isfinite(s.val_loss) else math.nan,
             "tokens_per_s": sum(rates) / len(rates) if rates else math.nan, "wall_time_s": s.elapsed_s,
-            "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world, **extra,
+            "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world,
+            "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32", **extra,
         }
         if self.attempts:
             summary["attempts"] = self.attempts
@@ -328,11 +326,10 @@ def validation_loss(model: Transformer, data: TokenData, cfg: RunConfig, device:
 
 def axes(model: ModelConfig) -> dict[str, Any]:
     """The architectural choices of a run, by name, for tables."""
-    heads, kv = model.n_heads, model.n_kv_heads
     a = model.attention
     return {
-        "position": model.position.kind, "attention": "mha" if kv == heads else "mqa" if kv == 1 else "gqa",
-        "n_kv_heads": kv, "norm": model.norm.kind, "placement": model.placement, "mlp": model.mlp.kind,
+        "position": model.position.kind, "attention": model.attention_family, "n_kv_heads": model.n_kv_heads,
+        "norm": model.norm.kind, "placement": model.placement, "mlp": model.mlp.kind,
         "embedding_norm": model.embedding_norm, "embedding_scale": model.embedding_scale,
         "unit_offset": model.norm.unit_offset, "attn_softcap": a.softcap, "logit_softcap": model.logit_softcap,
         "window": a.window, "window_pattern": a.window_pattern,
@@ -419,43 +416,9 @@ class Progress:
             self.bar.close()
 
 
-# ---- Hydra --------------------------------------------------------------------------------------
-def run_config(node: Any) -> RunConfig:
-    """A RunConfig from a composed Hydra config (its `hydra` node dropped)."""
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(node, resolve=False)
-    data.pop("hydra", None)  # resolving it needs a running job; ${hydra:...} reads HydraConfig instead
-    return RunConfig.from_dict(OmegaConf.to_container(OmegaConf.create(data), resolve=True))
-
-
 def _main() -> None:
-    import hydra
+    hydra_app(train)
 
-    register_configs()
-    if "--plan" in sys.argv:  # the dry run of a sweep, spelled as a flag
-        sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
-    def app(node) -> Any:
-        logging.getLogger("ablate").setLevel(logging.INFO)
-        with user_errors():
-            return train(run_config(node))
-
-    app()
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Errors in what the user asked for end the command with their message, not a traceback."""
-    try:
-        yield
-    except (ConfigError, RunDirError, checkpoint.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 if __name__ == "__main__":
     _main()

@@ -22,7 +22,7 @@ def requests_of(tasks: dict[str, Path], manager, items: int) -> list:
     from lm_eval.tasks import get_task_dict
 
     instances = []
-    for name, task in get_task_dict(list(tasks), manager).items():
+    for task in get_task_dict(list(tasks), manager).values():
         task.build_all_requests(limit=items, rank=0, world_size=1)
         instances += task.instances
     return instances

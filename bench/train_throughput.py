@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ablate.config import compose_model
+from ablate.cli import compose_model
 from ablate.hf import to_hf
 from ablate.model import Transformer, model_facts
 

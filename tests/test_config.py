@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ablate.config import AttentionConfig, ModelConfig, compose_model
+from ablate.cli import compose_model
+from ablate.config import AttentionConfig, ModelConfig
 from ablate.hf import family_of, to_hf
 from ablate.model import Transformer, model_facts
 from ablate.registry import ConfigError
@@ -42,12 +43,13 @@ def test_groups_override_one_axis_of_a_preset():
      "valid: 1, 2, 4, 8"),
     (["model/position=rope", "model.attention.n_heads=8", "model.attention.head_dim=9"],
      "model.attention.head_dim=9", "even integer"),
-    (["model.position.kind=xpos"], "model.position.kind='xpos'", "valid: nope, learned, sinusoidal, rope, alibi"),
+    (["model.position.kind=xpos"], "model.position.kind='xpos'",
+     "valid: nope, learned, sinusoidal, rope, rope_nope, alibi"),
     (["model.attention.window=0", "model.attention.window_pattern=local"], "model.attention.window=0", "positive"),
     (["model.attention.window_pattern=alternating"], "model.attention.window=None", "needs a window size"),
     (["model.attention.window_pattern=stripes", "model.attention.window=4"], "model.attention.window_pattern",
      "valid: global, local, alternating"),
-    (["model.placement=middle"], "model.placement='middle'", "valid: pre, post, sandwich"),
+    (["model.placement=middle"], "model.placement='middle'", "valid: pre, post, sandwich, mix"),
     (["model.mlp.kind=reglu"], "model.mlp.kind='reglu'", "valid: relu, gelu, gelu_tanh, geglu, swiglu"),
     (["model.norm.kind=batchnorm"], "model.norm.kind='batchnorm'", "valid: layernorm, rmsnorm"),
     (["model.dim=250", "model.attention.n_heads=3"], "model.attention.n_heads=3", "must divide dim=250"),
@@ -107,7 +109,7 @@ def test_facts_llama2_7b_and_gemma_2b_by_hand():
 
 def test_facts_windows_cut_attention_flops():
     base = ["model=gemma2", "model.n_layers=2", "model.max_seq_len=8", "model.attention.window=4"]
-    local = model_facts(compose_model(base + ["model.attention.window_pattern=local"]))
+    local = model_facts(compose_model([*base, "model.attention.window_pattern=local"]))
     alternating = model_facts(compose_model(base))
     # 8 positions see 1,2,3,4,4,4,4,4 keys under a window of 4 (mean 3.25) and 1..8 without (mean 4.5)
     hd = 4 * 64

@@ -3,8 +3,6 @@
 import json
 import subprocess
 import sys
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest

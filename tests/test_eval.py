@@ -226,7 +226,8 @@ def test_evaluation_ends_under_a_handler_that_ignores_sigterm(trained):
         pytest.fail("the evaluation hung:\n" + out[-2000:])
     assert proc.returncode == 0, out[-3000:]
     assert f"worker exit code {-signal.SIGTERM}" in out
-    assert json.loads((trained / "eval" / "probes.json").read_text())["results"]["ablate_copy"]["perplexity_stderr,none"] > 0
+    copy = json.loads((trained / "eval" / "probes.json").read_text())["results"]["ablate_copy"]
+    assert copy["perplexity_stderr,none"] > 0
 
 
 def _copy_run(run: Path, into: Path) -> Path:
@@ -236,8 +237,9 @@ def _copy_run(run: Path, into: Path) -> Path:
 
 def test_task_index_is_built_once_per_process(trained, tmp_path, monkeypatch):
     """Two runs x two suites evaluated by one ablate-eval: lm-eval's task index is built once."""
-    import ablate.evaluate as evaluate
     from lm_eval.tasks import TaskManager
+
+    import ablate.evaluate as evaluate
 
     for name in ("a", "b"):
         _copy_run(trained, tmp_path / "exp" / name)
@@ -253,7 +255,8 @@ def test_task_index_is_built_once_per_process(trained, tmp_path, monkeypatch):
     assert evaluate.main(["experiment=exp", f"results_dir={tmp_path}", "suite=probes,extrapolation",
                           "eval.probe_items=40", "eval.limit=5"]) == 0
     assert len(built) == 1
-    assert all((tmp_path / "exp" / n / "eval" / f"{s}.json").exists() for n in "ab" for s in ("probes", "extrapolation"))
+    assert all((tmp_path / "exp" / n / "eval" / f"{suite}.json").exists()
+               for n in "ab" for suite in ("probes", "extrapolation"))
 
 
 def _direct_loglikelihood(model: Transformer, context: list[int], continuation: list[int], L: int) -> float:

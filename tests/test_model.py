@@ -5,14 +5,17 @@ import itertools
 
 import pytest
 import torch
+import yaml
 from torch.testing import assert_close
 
 from ablate.config import AttentionConfig, MlpConfig, ModelConfig, NormConfig, PositionConfig
-from ablate.model import Transformer
+from ablate.model import Transformer, model_facts
 from ablate.model.attention import FlexBackend
 from ablate.model.block import PLACEMENTS
 from ablate.model.mlp import MLPS
 from ablate.model.position import POSITIONS, alibi_slopes
+
+from conftest import ROOT
 
 VOCAB = 61
 KV_HEADS = {"mha": None, "gqa": 2, "mqa": 1}
@@ -21,20 +24,32 @@ KV_HEADS = {"mha": None, "gqa": 2, "mqa": 1}
 def tiny(position="rope", attention="gqa", placement="pre", mlp="swiglu", **kw) -> ModelConfig:
     attn = dict(n_heads=4, n_kv_heads=KV_HEADS[attention])
     attn.update(kw.pop("attn", {}))
-    return ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, max_seq_len=32, position=PositionConfig(kind=position),
+    pos = PositionConfig(kind=position, **kw.pop("pos", {}))
+    return ModelConfig(vocab_size=VOCAB, dim=32, n_layers=kw.pop("n_layers", 2), max_seq_len=32, position=pos,
                        attention=AttentionConfig(**attn), placement=placement, mlp=MlpConfig(kind=mlp), **kw)
 
 
 GRID = list(itertools.product(POSITIONS.names(), KV_HEADS, PLACEMENTS.names(), MLPS.names()))
+AXES = {"position": (POSITIONS, 0), "placement": (PLACEMENTS, 2), "mlp": (MLPS, 3)}  # registry, GRID column
 
 
-def test_grid_covers_every_axis_value():
-    assert len(GRID) == 5 * 3 * 3 * 5
+@pytest.mark.parametrize("axis", AXES)
+def test_every_choice_has_a_yaml_and_the_grid_has_every_choice(axis):
+    """conf/model/<axis>/ and the axis registry name the same choices, and the grid tests them all."""
+    choices = set()
+    for path in (ROOT / "conf" / "model" / axis).glob("*.yaml"):
+        node = yaml.safe_load(path.read_text())
+        choices.add(node["kind"] if "kind" in node else node[axis])
+    registry, column = AXES[axis]
+    assert choices == set(registry.names())
+    assert {row[column] for row in GRID} == choices
 
 
 @pytest.mark.parametrize("position,attention,placement,mlp", GRID)
 def test_grid_builds_backprops_and_is_causal(position, attention, placement, mlp):
-    model = Transformer(tiny(position, attention, placement, mlp))
+    cfg = tiny(position, attention, placement, mlp, n_layers=4, pos=dict(nope_every=2))
+    model = Transformer(cfg)
+    assert model_facts(cfg).params == model.num_parameters()  # counted on the meta device: the same module
     tokens = torch.randint(0, VOCAB, (2, 12))
     logits = model(tokens)
     assert logits.shape == (2, 12, VOCAB)
@@ -71,6 +86,7 @@ def test_unusual_combination_trains():
 
 CACHE_CASES = [
     *[dict(position=p) for p in POSITIONS.names()],
+    dict(position="rope_nope", pos=dict(nope_every=2), placement="mix", n_layers=4),
     dict(position="alibi", attn=dict(window=5, window_pattern="local")),
     dict(position="rope", attn=dict(window=4, window_pattern="alternating", softcap=20.0), logit_softcap=10.0),
     dict(position="sinusoidal", attn=dict(window=3, window_pattern="alternating")),
@@ -161,7 +177,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     for i in range(2):
         w = sd[f"blocks.{i}.attn.wqkv.weight"]
         q, k, v = w.split((H * hd, Hkv * hd, Hkv * hd))
-        rep = lambda t: t.view(Hkv, hd, dim).repeat_interleave(H // Hkv, dim=0).reshape(H * hd, dim)  # noqa: E731
+        rep = lambda t: t.view(Hkv, hd, dim).repeat_interleave(H // Hkv, dim=0).reshape(H * hd, dim)
         sd[f"blocks.{i}.attn.wqkv.weight"] = torch.cat((q, rep(k), rep(v)))
     mha.load_state_dict(sd)
     tokens = torch.randint(0, VOCAB, (2, 10))
@@ -207,7 +223,62 @@ def test_auto_backend_picks_by_device_and_need():
     assert isinstance(AutoBackend().pick(cuda, bias, None), FlexBackend)
     assert isinstance(AutoBackend(softcap=5.0, dropout=0.1).pick(cuda, None, None), EagerBackend)
     assert isinstance(AutoBackend().pick(cuda, None, None), SdpaBackend)
-    model = Transformer(tiny("alibi", attn=dict(softcap=5.0))).eval()
+    model = Transformer(tiny("alibi", attn=dict(softcap=0.01))).eval()  # a cap that bites at init's scores
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():  # auto's pick on CPU computes what another backend computes, soft-cap and bias included
+        auto, flex = model(tokens), model.set_backend("flex")(tokens)
+        assert_close(auto, flex)
+
+
+def test_rope_nope_acts_in_the_layers_its_plan_says():
+    """nope_every=1: no layer has positions (NoPE); beyond the depth: every layer has them (RoPE);
+    in between, layers k-1, 2k-1, ... have none."""
+    cfg = tiny("rope_nope", pos=dict(nope_every=4), n_layers=8)
+    assert [layer.positions for layer in Transformer(cfg).plan] == [True, True, True, False] * 2
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    for every, twin in ((1, "nope"), (9, "rope")):
+        model = Transformer(tiny("rope_nope", pos=dict(nope_every=every), n_layers=3)).eval()
+        reference = Transformer(tiny(twin, n_layers=3)).eval()
+        reference.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert_close(model(tokens), reference(tokens))
+
+
+def test_mix_ln_is_post_norm_early_and_pre_norm_late():
+    """Mix-LN over 8 layers: layers 0-1 post-norm, 2-7 pre-norm, then a final norm; the forward is
+    exactly that composition of the blocks' own sublayers."""
+    model = Transformer(tiny("rope", placement="mix", n_layers=8)).eval()
+    assert [layer.placement.final_norm for layer in model.plan] == [False] * 2 + [True] * 6
+    assert model.final_norm is not None
+    assert [b.attn_norm is None and b.attn_out_norm is not None for b in model.blocks] == [True] * 2 + [False] * 6
     tokens = torch.randint(0, VOCAB, (2, 12))
     with torch.no_grad():
-        assert_close(model(tokens), model.set_backend("eager")(tokens))
+        x = model.tok_embed(tokens)
+        step = model.step(torch.arange(12), None)
+        for i, b in enumerate(model.blocks):
+            if i < 2:
+                x = b.attn_out_norm(x + b.attn(x, step))
+                x = b.mlp_out_norm(x + b.mlp(x))
+            else:
+                x = x + b.attn(b.attn_norm(x), step)
+                x = x + b.mlp(b.mlp_norm(x))
+        assert_close(model(tokens), model.logits(x))
+
+
+def test_each_component_owns_its_init():
+    """Init is each component's: the model does not re-initialise a module it does not know."""
+    from torch import nn
+
+    from ablate.model.mlp import Mlp
+
+    class Scaled(Mlp):
+        def init_weights(self) -> None:
+            for linear in (self.w_gate, self.w_in, self.w_out):
+                nn.init.constant_(linear.weight, 0.5)
+
+    model = Transformer(tiny("rope"))
+    model.blocks[0].mlp = Scaled(32, 88, "swiglu")
+    model.reset_parameters()
+    assert bool((model.blocks[0].mlp.w_out.weight == 0.5).all())
+    w_out = model.blocks[1].mlp.w_out.weight
+    assert w_out.std().item() == pytest.approx(0.02 / 2, rel=0.2)  # GPT-2's 1/sqrt(2 n_layers) scaling

@@ -7,8 +7,8 @@ import shlex
 
 import pytest
 
-from ablate.cli import key_values
-from ablate.config import RunConfig, compose_root
+from ablate.cli import check_run, compose_root, key_values
+from ablate.config import RunConfig
 from ablate.evaluate import parse as parse_eval
 
 from conftest import ROOT, run_cli
@@ -51,7 +51,7 @@ def test_readme_command_composes(command, tmp_path):
         assert "to run:" in out.stdout
     elif name in ("ablate-train", "ablate-prepare"):
         overrides = [a for a in args if a not in ("--cfg", "job")]
-        RunConfig.from_dict(compose_root(overrides))
+        check_run(RunConfig.from_dict(compose_root(overrides)))
     elif name == "ablate-eval":
         parse_eval(args)
     elif name == "ablate-report":

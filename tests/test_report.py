@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablate.config import ModelConfig, RunConfig
+from ablate.config import RunConfig
 from ablate.registry import ConfigError
 from ablate.report import collect, deltas, plotted, render, report, summarize
 from ablate.rundir import RunDir

@@ -35,14 +35,14 @@ def _queued() -> list[str]:
 
 
 def test_three_variant_sweep_on_slurm(cache_dir, tmp_path):
-    run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi", 
+    run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi",
             *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
     runs = sorted(p for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists())
     assert [r.name.split("-")[1] for r in runs] == ["alibi", "learned", "rope"]
     assert all(_summary(r)["status"] == "completed" for r in runs)
     assert list((tmp_path / "default" / ".submitit").iterdir()), "the jobs went through submitit"
     # the same sweep again: everything completed, nothing is queued
-    out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi", 
+    out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi",
                   *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
     assert "to run: 0 jobs" in out.stdout
 

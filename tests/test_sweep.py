@@ -1,9 +1,49 @@
-"""The sweeper through Hydra's local launcher (no cluster needed): a re-run sweep evaluates what
-is missing and nothing else, and an unknown eval task stops a sweep before anything runs."""
+"""The sweeper through Hydra's local launcher (no cluster needed): the plan launches nothing and
+lists every job, jobs.txt and runs.jsonl say what the sweep is, completed runs are not launched
+again, a re-run sweep evaluates what is missing and nothing else, and one bad job (or an unknown
+eval task) stops the sweep before anything runs."""
 
 import json
+import re
+import shlex
 
 from conftest import run_cli, tiny_overrides
+
+
+def statuses(plan: str) -> list[str]:
+    """The status column of a plan's table."""
+    return [m.group(1) for m in re.finditer(r"^ *\d+  +(\S+) ", plan, flags=re.M)]
+
+
+def test_plan_then_sweep_then_nothing_left(cache_dir, tmp_path):
+    sweep = ["-m", "model/position=rope,alibi", "seed=0,1", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096")]
+    plan = run_cli("ablate.train", *sweep, "--plan")
+    root = tmp_path / "default"
+    assert "to run: 4 jobs" in plan.stdout and statuses(plan.stdout) == ["new"] * 4
+    assert not [p for p in root.iterdir() if p.is_dir()], "a plan launches nothing"
+    jobs = [shlex.split(line) for line in (root / "jobs.txt").read_text().splitlines()]
+    planned = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
+    assert len(jobs) == len(planned) == 4 and all("plan=true" not in job for job in jobs)
+    assert {(j[0], j[1]) for j in jobs} == {(f"model/position={p}", f"seed={s}") for p in ("rope", "alibi")
+                                            for s in (0, 1)}
+    for job, row in zip(jobs, planned):  # the same jobs, in the same order, with their configs
+        assert row["config"]["model"]["position"]["kind"] == job[0].split("=")[1]
+        assert row["config"]["seed"] == int(job[1].split("=")[1]) and row["run"].endswith(f"-s{row['config']['seed']}")
+        assert str(root / row["run"]) in plan.stdout
+    run_cli("ablate.train", *sweep)
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    assert sorted(r.name for r in runs) == sorted(row["run"] for row in planned)
+    trained = {r: (r / "metrics.jsonl").read_text() for r in runs}
+    again = run_cli("ablate.train", *sweep)
+    assert "to run: 0 jobs" in again.stdout and statuses(again.stdout) == ["completed"] * 4
+    assert {r: (r / "metrics.jsonl").read_text() for r in runs} == trained
+
+
+def test_one_bad_job_stops_the_sweep_before_anything_runs(cache_dir, tmp_path):
+    out = run_cli("ablate.train", "-m", "model.attention.n_kv_heads=1,3", *tiny_overrides(cache_dir, tmp_path),
+                  check=False)
+    assert out.returncode != 0 and "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr
+    assert "nothing was launched" in out.stderr and not (tmp_path / "default").exists()
 
 
 def test_a_rerun_sweep_only_evaluates_what_is_missing(cache_dir, tmp_path):

@@ -3,7 +3,6 @@ checkpoints, divergence, refusing a different config, skipping completed runs, D
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.config import RunConfig, run_name
+from ablate.cli import run_name
+from ablate.config import RunConfig
 from ablate.model import Transformer
 from ablate.train import build_optimizer, lr_at
 
@@ -127,7 +127,8 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     # started again (a re-run sweep, a requeue): the run stays diverged, its record untouched
     before = (run / "metrics.jsonl").read_text()
     out = run_cli("ablate.train", *args)
-    assert "stays diverged" in out.stdout + out.stderr and (run / "metrics.jsonl").read_text() == before and summary(run) == s
+    assert "stays diverged" in out.stdout + out.stderr
+    assert (run / "metrics.jsonl").read_text() == before and summary(run) == s
     plan = run_cli("ablate.train", "-m", *args, "--plan")
     assert "diverged (kept)" in plan.stdout and "to run: 0 jobs" in plan.stdout
     # a retry when asked for: from the last good checkpoint, every attempt kept
@@ -216,21 +217,31 @@ def test_ddp_two_processes_match_one(cache_dir, tmp_path):
 
 
 def test_bf16_autocast_on_cpu(cache_dir, tmp_path):
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=bf16", "train.precision=bf16",
-                                            "train.tokens=10240"))
-    s = summary(tmp_path / "default" / "bf16")
-    assert s["status"] == "completed" and math.isfinite(s["val_loss"])
+    for precision in ("bf16", "fp32"):
+        run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, f"run_name={precision}",
+                                                f"train.precision={precision}", "train.tokens=10240"))
+    bf16, fp32 = summary(tmp_path / "default" / "bf16"), summary(tmp_path / "default" / "fp32")
+    assert bf16["status"] == "completed" and math.isfinite(bf16["val_loss"])
+    assert (bf16["precision"], fp32["precision"]) == ("bf16", "fp32")  # what the run used, not what was asked
+    first = [metrics(tmp_path / "default" / p)[0]["loss"] for p in ("bf16", "fp32")]
+    assert first[0] != first[1] and first[0] == pytest.approx(first[1], rel=0.02)  # bf16 arithmetic, same model
 
 
 def test_prepare_then_train_with_a_tokenizer_file(cache_dir, tmp_path):
     out = run_cli("ablate.prepare", *tiny_overrides(cache_dir, tmp_path))
     assert "training and 2,048 validation tokens" in out.stdout
-    (tokenizer_json,) = cache_dir.glob("tokenizer-*/tokenizer.json")
+    from ablate.data.synthetic import documents
+    from ablate.data.tokens import train_bpe
+
+    tokenizer_json = tmp_path / "small" / "tokenizer.json"  # 300 ids, where data.vocab_size asks BPE for 512
+    tokenizer_json.parent.mkdir()
+    train_bpe(documents(0, 20_000), 300, tokenizer_json)
     run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tokfile", "train.tokens=10240",
                                             f"data.tokenizer={tokenizer_json}"))
-    s = summary(tmp_path / "default" / "tokfile")
-    assert s["status"] == "completed"
-    assert _yaml(tmp_path / "default" / "tokfile" / "config.yaml")["model"]["vocab_size"] % 64 == 0
+    run = tmp_path / "default" / "tokfile"
+    assert summary(run)["status"] == "completed"
+    assert _yaml(run / "config.yaml")["model"]["vocab_size"] == 320  # 300, padded to a multiple of 64
+    assert (run / "tokenizer.json").read_text() == tokenizer_json.read_text()
 
 
 def test_unreadable_checkpoint_is_moved_aside_and_the_one_before_used(cache_dir, tmp_path):
@@ -264,7 +275,7 @@ def test_unreadable_checkpoint_is_moved_aside_and_the_one_before_used(cache_dir,
 
 
 def test_integral_floats_are_accepted_for_counts():
-    from ablate.config import compose_root
+    from ablate.cli import compose_root
     from ablate.registry import ConfigError
 
     cfg = RunConfig.from_dict(compose_root(["train.tokens=5e6", "model.dim=512", "train.batch_tokens=1.6384e4"]))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ablate.config import DataConfig
 from ablate.registry import ConfigError, Registry
@@ -24,6 +24,12 @@ class Source:
 
 
 SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data source")
+
+
+def check_data(cfg: DataConfig, prefix: str = "data") -> DataConfig:
+    """The data config's named choices against their registry (its numbers: RunConfig.validate)."""
+    SOURCES.get(cfg.source, f"{prefix}.source")
+    return cfg
 
 
 @SOURCES.register("synthetic")

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import random
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # ---- lexicon ----------------------------------------------------------------------------------
 # (singular, plural, gender): gender picks the singular reflexive.

@@ -14,10 +14,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class Tokenizer:
         return self.inner.decode(ids)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         from tokenizers import Tokenizer as Inner
 
         inner = Inner.from_file(str(path))
@@ -89,7 +89,8 @@ class Tokenizer:
                 if eos is not None:
                     break
         if eos is None:
-            raise ConfigError("data.tokenizer", str(path), f"the tokenizer has no end-of-text token ({EOS}, </s>, <eos>)")
+            raise ConfigError("data.tokenizer", str(path),
+                              f"the tokenizer has no end-of-text token ({EOS}, </s>, <eos>)")
         return cls(inner, eos, str(path))
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from ablate.config import ModelConfig, compose_model
+from ablate.cli import command, compose_model
+from ablate.config import ModelConfig
 from ablate.model.facts import model_facts
+from ablate.model.mlp import mlp_hidden_dim
 from ablate.registry import ConfigError
 
 
@@ -15,14 +17,14 @@ def describe(cfg: ModelConfig) -> str:
 
     a = cfg.attention
     windows = "global" if a.window is None else f"{a.window_pattern} window {a.window}"
+    rope = f" (theta {cfg.position.theta:g}, fraction {cfg.position.rotary_fraction:g})"
     lines = [
-        f"position    {cfg.position.kind}" + (f" (theta {cfg.position.theta:g}, fraction {cfg.position.rotary_fraction:g})"
-                                                if cfg.position.kind == "rope" else ""),
+        f"position    {cfg.position.kind}" + (rope if cfg.position.kind.startswith("rope") else ""),
         f"attention   {cfg.n_heads} heads, {cfg.n_kv_heads} kv heads, head_dim {cfg.head_dim}, {windows}"
         + (f", soft-cap {a.softcap:g}" if a.softcap else ""),
         f"norm        {cfg.norm.kind} ({cfg.placement})" + (", unit offset" if cfg.norm.unit_offset else "")
         + (", embedding norm" if cfg.embedding_norm else ""),
-        f"mlp         {cfg.mlp.kind}, hidden {cfg.mlp_hidden_dim}",
+        f"mlp         {cfg.mlp.kind}, hidden {mlp_hidden_dim(cfg)}",
         f"embedding   {'tied' if cfg.tie_embeddings else 'untied'}" + (", scaled by sqrt(dim)" if cfg.embedding_scale
                                                                        else "")
         + (f", logit soft-cap {cfg.logit_softcap:g}" if cfg.logit_softcap else ""),
@@ -41,17 +43,11 @@ def describe(cfg: ModelConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+    def body(argv: list[str]) -> int:
+        print(describe(compose_model(argv)))
         return 0
-    try:
-        cfg = compose_model(argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(describe(cfg))
-    return 0
+
+    return command(__doc__, argv, body, needs_args=False)
 
 
 if __name__ == "__main__":

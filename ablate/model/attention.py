@@ -14,13 +14,16 @@ A backend turns what the position scheme and the window say into something its k
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ablate.model.init import init_linear
 from ablate.registry import Registry
 
 WINDOW_PATTERNS: Registry[Callable[[int], bool]] = Registry("window pattern")
@@ -214,23 +217,31 @@ class Step:
 
     pos: Tensor  # (T,) positions of the new tokens
     backend: Backend
-    plans: dict[int | None, Any]  # window -> backend plan
+    plans: dict[tuple[int | None, bool], Any]  # (window, positions used) -> backend plan
     rotate: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     cache: KVCache | None = None
 
 
 # ---- the module -------------------------------------------------------------------------------
 class Attention(nn.Module):
-    """wqkv projects to [q heads | k heads | v heads] in one matmul; wo maps heads back to dim."""
+    """wqkv projects to [q heads | k heads | v heads] in one matmul; wo maps heads back to dim.
+    `positions`: whether the position scheme's rotation and score bias act in this layer."""
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
                  softcap: float | None = None, window: int | None = None, qkv_bias: bool = False,
-                 out_bias: bool = False, dropout: float = 0.0, layer: int = 0) -> None:
+                 out_bias: bool = False, dropout: float = 0.0, layer: int = 0, positions: bool = True,
+                 init_std: float = 0.02, n_layers: int = 1) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale, self.softcap, self.window, self.dropout, self.layer = scale, softcap, window, dropout, layer
+        self.positions, self.init_std, self.n_layers = positions, init_std, n_layers
         self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=qkv_bias)
         self.wo = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std); the output projection scaled by 1/sqrt(2 n_layers) (GPT-2); zero biases."""
+        init_linear(self.wqkv, self.init_std)
+        init_linear(self.wo, self.init_std / math.sqrt(2 * self.n_layers))
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
         B, T, _ = x.shape
@@ -239,9 +250,10 @@ class Attention(nn.Module):
         q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(B, T, Hkv, hd).transpose(1, 2)
-        q, k = step.rotate(q, k, step.pos)
+        if self.positions:
+            q, k = step.rotate(q, k, step.pos)
         if step.cache is not None:
             k, v = step.cache.update(self.layer, k, v)
-        y = step.backend.attend(q, k, v, step.plans[self.window], self.scale, self.softcap,
+        y = step.backend.attend(q, k, v, step.plans[self.window, self.positions], self.scale, self.softcap,
                                 self.dropout if self.training else 0.0)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))

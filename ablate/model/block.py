@@ -3,20 +3,29 @@
     pre       x = x + f(norm(x))                 GPT-2, Llama, Gemma; a final norm after the last block
     post      x = norm(x + f(x))                 the original Transformer, BERT; no final norm
     sandwich  x = x + norm_out(f(norm_in(x)))    Gemma 2; a final norm after the last block
+    mix       post in the first quarter of the layers, pre in the rest (Mix-LN, Li et al. 2024)
+
+A placement may differ by depth (`for_layer`); the model has a final norm when its last layer's
+placement asks for one.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from ablate.config import ModelConfig
 from ablate.model.attention import Attention, Step
-from ablate.model.mlp import Mlp
+from ablate.model.mlp import Mlp, mlp_hidden_dim
 from ablate.model.norm import build_norm
 from ablate.registry import Registry
+
+if TYPE_CHECKING:
+    from ablate.model.plan import LayerPlan
 
 Sublayer = Callable[[Tensor], Tensor]
 MaybeNorm = Callable[[Tensor], Tensor] | None
@@ -26,24 +35,49 @@ MaybeNorm = Callable[[Tensor], Tensor] | None
 class Placement:
     norm_in: bool  # a norm on the sublayer's input
     norm_out: bool  # a norm on its output (post: on the residual sum)
-    final_norm: bool  # a norm after the last block
+    final_norm: bool  # a norm after the last block, when this is the last block's placement
     apply: Callable[[Tensor, Sublayer, MaybeNorm, MaybeNorm], Tensor]
 
+    def for_layer(self, layer: int, n_layers: int) -> Placement:
+        """The placement of layer `layer` of `n_layers`: the same in every layer."""
+        return self
 
-PLACEMENTS: Registry[Placement] = Registry("norm placement")
-PLACEMENTS.add("pre", Placement(True, False, True, lambda x, f, n_in, n_out: x + f(n_in(x))))
-PLACEMENTS.add("post", Placement(False, True, False, lambda x, f, n_in, n_out: n_out(x + f(x))))
-PLACEMENTS.add("sandwich", Placement(True, True, True, lambda x, f, n_in, n_out: x + n_out(f(n_in(x)))))
+
+PRE = Placement(True, False, True, lambda x, f, n_in, n_out: x + f(n_in(x)))
+POST = Placement(False, True, False, lambda x, f, n_in, n_out: n_out(x + f(x)))
+SANDWICH = Placement(True, True, True, lambda x, f, n_in, n_out: x + n_out(f(n_in(x))))
+
+
+@dataclass(frozen=True)
+class ByDepth:
+    """`early` in the first floor(fraction x n_layers) layers, `late` in the others."""
+
+    early: Placement
+    late: Placement
+    fraction: float
+
+    def for_layer(self, layer: int, n_layers: int) -> Placement:
+        return self.early if layer < math.floor(self.fraction * n_layers) else self.late
+
+
+PLACEMENTS: Registry[Placement | ByDepth] = Registry("norm placement")
+PLACEMENTS.add("pre", PRE)
+PLACEMENTS.add("post", POST)
+PLACEMENTS.add("sandwich", SANDWICH)
+PLACEMENTS.add("mix", ByDepth(early=POST, late=PRE, fraction=0.25))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    """Attention then MLP, each a residual sublayer with its norms where `plan.placement` puts them."""
+
+    def __init__(self, cfg: ModelConfig, plan: LayerPlan) -> None:
         super().__init__()
-        self.placement = PLACEMENTS.get(cfg.placement, "model.placement")
+        self.placement = plan.placement
         a = cfg.attention
         self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attn_scale, a.softcap,
-                              cfg.layer_window(layer), a.qkv_bias, a.out_bias, cfg.dropout, layer)
-        self.mlp = Mlp(cfg.dim, cfg.mlp_hidden_dim, cfg.mlp.kind, cfg.mlp.bias)
+                              plan.window, a.qkv_bias, a.out_bias, cfg.dropout, plan.index, plan.positions,
+                              cfg.init_std, cfg.n_layers)
+        self.mlp = Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind, cfg.mlp.bias, cfg.init_std, cfg.n_layers)
         p = self.placement
         self.attn_norm = build_norm(cfg.norm, cfg.dim) if p.norm_in else None
         self.attn_out_norm = build_norm(cfg.norm, cfg.dim) if p.norm_out else None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ablate.config import ModelConfig
+from ablate.model.init import init_linear
 from ablate.registry import Registry
 
 
@@ -27,17 +30,42 @@ MLPS.add("geglu", MlpKind(_gelu_tanh, gated=True))  # gate through tanh-GELU, as
 MLPS.add("swiglu", MlpKind(F.silu, gated=True))  # Llama
 
 
+def mlp_hidden_dim(cfg: ModelConfig) -> int:
+    """model.mlp.hidden_dim, or by default 4 x dim, two thirds of that (rounded up to 8) for gated
+    kinds, so that gated and plain MLPs have about the same parameters; with match_mha_params, plus
+    the hidden units that spend the key / value parameters GQA or MQA saves against MHA (Llama 2)."""
+    gated = MLPS.get(cfg.mlp.kind, "model.mlp.kind").gated
+    hidden = cfg.mlp.hidden_dim
+    if hidden is None:
+        hidden = 8 * math.ceil(8 * cfg.dim / 3 / 8) if gated else 4 * cfg.dim
+    if cfg.match_mha_params and cfg.n_kv_heads < cfg.n_heads:
+        saved = 2 * (cfg.n_heads - cfg.n_kv_heads) * cfg.head_dim * (cfg.dim + cfg.attention.qkv_bias)
+        per_unit = (3 if gated else 2) * cfg.dim + ((2 if gated else 1) if cfg.mlp.bias else 0)
+        hidden += round(saved / per_unit)
+    return hidden
+
+
 class Mlp(nn.Module):
     """w_in maps dim -> hidden, w_out hidden -> dim; gated kinds add w_gate (dim -> hidden).
     (Gate and input stay separate matrices: on CPU, one fused matrix split in two was slower.)"""
 
-    def __init__(self, dim: int, hidden_dim: int, kind: str, bias: bool = False) -> None:
+    def __init__(self, dim: int, hidden_dim: int, kind: str, bias: bool = False, init_std: float = 0.02,
+                 n_layers: int = 1) -> None:
         super().__init__()
         spec = MLPS.get(kind, "model.mlp.kind")
         self.act = spec.act
+        self.init_std, self.n_layers = init_std, n_layers
         self.w_gate = nn.Linear(dim, hidden_dim, bias=bias) if spec.gated else None
         self.w_in = nn.Linear(dim, hidden_dim, bias=bias)
         self.w_out = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) matrices, the output projection scaled by 1/sqrt(2 n_layers) (GPT-2);
+        zero biases."""
+        out_std = self.init_std / math.sqrt(2 * self.n_layers)
+        for linear, std in ((self.w_gate, self.init_std), (self.w_in, self.init_std), (self.w_out, out_std)):
+            if linear is not None:
+                init_linear(linear, std)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.w_gate is not None:

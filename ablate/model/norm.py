@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ablate.config import NormConfig
 from ablate.registry import Registry
 
-NORMS: Registry[type["Norm"]] = Registry("norm")
+NORMS: Registry[type[Norm]] = Registry("norm")
 
 
 class Norm(nn.Module):
@@ -24,8 +24,14 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     @classmethod
-    def from_config(cls, cfg: NormConfig, dim: int) -> "Norm":
+    def from_config(cls, cfg: NormConfig, dim: int) -> Norm:
         return cls(dim, cfg.eps, cfg.unit_offset, cfg.bias)
+
+    def init_weights(self) -> None:
+        """Scale 1 (0 under a unit offset, where the scale is 1 + w), bias 0."""
+        self.weight.fill_(1.0 - self.offset)
+        if self.bias is not None:
+            self.bias.zero_()
 
     def scale(self) -> Tensor:
         return self.weight.float() + self.offset if self.offset else self.weight.float()

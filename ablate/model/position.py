@@ -4,8 +4,9 @@
     rotate(q, k, pos)    rotary schemes turn queries and keys (before they enter the KV cache)
     bias(q_pos, k_pos)   relative schemes add a (n_heads, Tq, Tk) bias to attention scores
 
-The base class makes all three no-ops, which is exactly NoPE. A new scheme is one subclass plus
-one YAML file under conf/model/position/.
+The base class makes all three no-ops, which is exactly NoPE. `acts_in(layer)` says in which
+layers rotate and bias act (every layer, unless a scheme says otherwise: rope_nope). A new scheme
+is one subclass plus one YAML file under conf/model/position/.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from ablate.config import ModelConfig
 from ablate.registry import ConfigError, Registry
 
-POSITIONS: Registry[type["PositionScheme"]] = Registry("position scheme")
+POSITIONS: Registry[type[PositionScheme]] = Registry("position scheme")
 
 
 @POSITIONS.register("nope")
@@ -28,12 +29,24 @@ class PositionScheme(nn.Module):
     max_len: int | None = None  # longest context the scheme can represent; None: unbounded
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "PositionScheme":
+    def from_config(cls, cfg: ModelConfig) -> PositionScheme:
         return cls()
 
     @classmethod
     def check(cls, cfg: ModelConfig, prefix: str) -> None:
         """Raise ConfigError if this scheme cannot work with `cfg`."""
+
+    @classmethod
+    def acts_in(cls, layer: int, cfg: ModelConfig) -> bool:
+        """Whether rotate and bias act in layer `layer` (0-based)."""
+        return True
+
+    def init_weights(self) -> None:
+        """Schemes with parameters initialise them here."""
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters that are a table over positions (counted as embedding parameters)."""
+        return []
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         """x: (B, T, dim); pos: (T,) absolute positions."""
@@ -52,14 +65,20 @@ class PositionScheme(nn.Module):
 class LearnedPositions(PositionScheme):
     """A trained vector per position (GPT-2, BERT); undefined beyond `max_seq_len`."""
 
-    def __init__(self, max_len: int, dim: int) -> None:
+    def __init__(self, max_len: int, dim: int, init_std: float = 0.02) -> None:
         super().__init__()
-        self.max_len = max_len
+        self.max_len, self.init_std = max_len, init_std
         self.table = nn.Embedding(max_len, dim)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "LearnedPositions":
-        return cls(cfg.max_seq_len, cfg.dim)
+    def from_config(cls, cfg: ModelConfig) -> LearnedPositions:
+        return cls(cfg.max_seq_len, cfg.dim, cfg.init_std)
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.table.weight, 0.0, self.init_std)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.table.weight]
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         last = int(pos[-1])
@@ -83,7 +102,7 @@ class SinusoidalPositions(PositionScheme):
         self.scale = scale
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "SinusoidalPositions":
+    def from_config(cls, cfg: ModelConfig) -> SinusoidalPositions:
         scale = cfg.init_std * cfg.dim**0.5 if cfg.embedding_scale else cfg.init_std
         return cls(cfg.dim, scale=scale * 2**0.5)  # the table's RMS is 1 / sqrt(2)
 
@@ -113,7 +132,7 @@ class RotaryPositions(PositionScheme):
         self._tables: tuple[Tensor, torch.dtype, Tensor, Tensor] | None = None  # the last forward's cos / sin
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "RotaryPositions":
+    def from_config(cls, cfg: ModelConfig) -> RotaryPositions:
         return cls(cfg.head_dim, cfg.position.theta, cfg.position.rotary_fraction)
 
     @classmethod
@@ -150,6 +169,16 @@ class RotaryPositions(PositionScheme):
         return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
+@POSITIONS.register("rope_nope")
+class RotaryNoPositions(RotaryPositions):
+    """RoPE in most layers, no positions at all in every k-th (model.position.nope_every; layers
+    k-1, 2k-1, ... counting from 0), as SmolLM3 does with k = 4."""
+
+    @classmethod
+    def acts_in(cls, layer: int, cfg: ModelConfig) -> bool:
+        return (layer + 1) % cfg.position.nope_every != 0
+
+
 @POSITIONS.register("alibi")
 class AlibiPositions(PositionScheme):
     """Attention with linear biases (Press et al.): head h adds -slope_h * distance to its scores."""
@@ -159,7 +188,7 @@ class AlibiPositions(PositionScheme):
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "AlibiPositions":
+    def from_config(cls, cfg: ModelConfig) -> AlibiPositions:
         return cls(cfg.n_heads)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:

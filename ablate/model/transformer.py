@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,52 +9,75 @@ from torch import Tensor, nn
 from ablate.config import ModelConfig
 from ablate.model.attention import KVCache, Step, resolve_backend
 from ablate.model.block import Block
-from ablate.model.norm import Norm, build_norm
+from ablate.model.init import init_linear
+from ablate.model.norm import build_norm
+from ablate.model.plan import check_model, layer_plan
 from ablate.model.position import POSITIONS
+
+
+class TokenEmbedding(nn.Embedding):
+    """The token table: Normal(0, init_std)."""
+
+    def __init__(self, vocab_size: int, dim: int, init_std: float) -> None:
+        super().__init__(vocab_size, dim)
+        self.init_std = init_std
+
+    def init_weights(self) -> None:
+        init_linear(self, self.init_std)
+
+
+class Head(nn.Linear):
+    """An untied output head: Normal(0, init_std)."""
+
+    def __init__(self, dim: int, vocab_size: int, init_std: float) -> None:
+        super().__init__(dim, vocab_size, bias=False)
+        self.init_std = init_std
+
+    def init_weights(self) -> None:
+        init_linear(self, self.init_std)
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg.validate()
-        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.cfg = check_model(cfg)
+        self.plan = layer_plan(cfg)
+        self.tok_embed = TokenEmbedding(cfg.vocab_size, cfg.dim, cfg.init_std)
         self.position = POSITIONS.get(cfg.position.kind).from_config(cfg)
         self.embed_norm = build_norm(cfg.norm, cfg.dim) if cfg.embedding_norm else None
         self.embed_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.final_norm = build_norm(cfg.norm, cfg.dim) if self.blocks[0].placement.final_norm else None
-        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.windows = sorted({b.attn.window for b in self.blocks}, key=lambda w: w or 0)
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in self.plan)
+        # the last layer's placement decides (pre and sandwich end with a norm, post does not)
+        self.final_norm = build_norm(cfg.norm, cfg.dim) if self.plan[-1].placement.final_norm else None
+        self.head = None if cfg.tie_embeddings else Head(cfg.dim, cfg.vocab_size, cfg.init_std)
+        self.attention_kinds = sorted({(p.window, p.positions) for p in self.plan}, key=lambda k: (k[0] or 0, k[1]))
         self.backend = resolve_backend(cfg.attention.backend, cfg.attention.softcap, cfg.dropout)
         self.reset_parameters()
 
-    def set_backend(self, name: str) -> "Transformer":
+    def set_backend(self, name: str) -> Transformer:
         """Switch the attention backend (sdpa, eager, flex or auto) without touching the weights."""
         self.backend = resolve_backend(name, self.cfg.attention.softcap, self.cfg.dropout)
         return self
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) weights; output projections scaled by 1/sqrt(2 n_layers) (GPT-2);
-        zero biases; norm scales at 1 (0 under a unit offset)."""
-        std = self.cfg.init_std
-        for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                out_proj = name.endswith(("attn.wo", "mlp.w_out"))
-                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers) if out_proj else std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, Norm):
-                module.weight.fill_(1.0 - module.offset)
-                if module.bias is not None:
-                    module.bias.zero_()
+        """Every component initialises its own parameters (init_weights), in module order."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "init_weights"):
+                module.init_weights()
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Vocabulary- and position-sized tables: the token embedding, an untied head, a learned
+        position table (Gemma's Table 2 split; the others are non-embedding parameters)."""
+        head = [] if self.head is None else [self.head.weight]
+        return [self.tok_embed.weight, *head, *self.position.embedding_parameters()]
 
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         """tokens: (B, T) ids -> logits (B, T, vocab_size). With a cache, tokens continue it."""
         start = cache.length if cache is not None else 0
         pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.embed(tokens, pos)
-        step = self.plan(pos, cache)
+        step = self.step(pos, cache)
         for block in self.blocks:
             x = block(x, step)
         if cache is not None:
@@ -72,11 +93,12 @@ class Transformer(nn.Module):
             x = self.embed_norm(x)
         return self.embed_drop(x)
 
-    def plan(self, pos: Tensor, cache: KVCache | None) -> Step:
-        """Position bias and masks, prepared once per distinct window and shared by all layers."""
+    def step(self, pos: Tensor, cache: KVCache | None) -> Step:
+        """Position bias and masks, prepared once per distinct (window, positions used) and shared
+        by the layers that have it."""
         k_pos = torch.arange(0, int(pos[-1]) + 1, device=pos.device) if cache is not None else pos
-        bias = self.position.bias(pos, k_pos)
-        plans = {w: self.backend.prepare(bias, pos, k_pos, w) for w in self.windows}
+        bias = self.position.bias(pos, k_pos) if any(p for _, p in self.attention_kinds) else None
+        plans = {(w, p): self.backend.prepare(bias if p else None, pos, k_pos, w) for w, p in self.attention_kinds}
         return Step(pos, self.backend, plans, self.position.rotate, cache)
 
     def logits(self, x: Tensor) -> Tensor:

@@ -1,7 +1,9 @@
 """Hydra loads sweepers only from classes defined in the hydra_plugins namespace; the logic is in
 ablate.sweep."""
 
-from ablate.sweep import PlanningSweeper
+from ablate.sweep import PlanningSweeper, register
+
+register()  # `hydra/sweeper: ablate` in conf/config.yaml: Hydra imports this module before composing
 
 
 class AblateSweeper(PlanningSweeper):
