@@ -99,7 +99,9 @@ def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str
         if key in choices or key == "seed" or key.startswith(("hydra.", *IDENTITY, *OPERATIONAL)):
             continue
         named[key] = value  # a key given twice keeps its first place and its last value
-    parts += [f"{k.rsplit('.', 1)[-1]}={v}".replace("/", "_") for k, v in named.items()]
+    # the key's last part names it (dim=512), unless that is `seed`, which -s<seed> names: data_seed=1
+    parts += [f"{k.rsplit('.', 1)[-1] if not k.endswith('.seed') else k.replace('.', '_')}={v}".replace("/", "_")
+              for k, v in named.items()]
     return "-".join(str(p) for p in parts if p is not None) + f"-s{seed}"
 
 

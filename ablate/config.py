@@ -9,7 +9,8 @@ beside its registry: `ablate.model.check_model`, `ablate.data.sources.check_data
 
 Each field says what it is for in its metadata: `operational` fields change how a run is executed
 or reported, never what it computes (a run may resume with them changed, and they are not part of
-its config hash); `identity` fields name and place a run; `derived` fields are set by ablate itself.
+its config hash); `identity` fields name and place a run; `derived` fields are set by ablate itself;
+`replicate` fields (the init and data-order seeds) repeat a run of the same variant.
 """
 
 from __future__ import annotations
@@ -220,7 +221,9 @@ class DataConfig:
     vocab_size: int = 4096  # bpe: target vocabulary; the model's vocab_size is set from the tokenizer
     tokenizer_documents: int = 200_000  # bpe: trained on at most this many documents
     val_tokens: int = 65_536  # held out from the end of the token stream
-    seed: int = 0  # batch order: every variant of an experiment sees the same tokens in the same order
+    # batch order: every variant of an experiment sees the same tokens in the same order; a replicate
+    # seed like `seed`: a sweep over it measures data-order noise
+    seed: int = field(default=0, metadata={"replicate": True})
     cache_dir: str = operational(".cache/ablate")  # tokenizers and token files, shared by every run
 
 
@@ -301,7 +304,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = operational(factory=EvalConfig)
-    seed: int = 0  # initialisation and dropout; the batch order is data.seed
+    seed: int = field(default=0, metadata={"replicate": True})  # initialisation and dropout (order: data.seed)
     experiment: str = field(default="default", metadata={"identity": True})
     run_name: str = field(default="run", metadata={"identity": True})
     results_dir: str = operational("results")
@@ -425,3 +428,4 @@ def _get(obj: Any, dotted: str) -> Any:
 OPERATIONAL = marked(RunConfig, "operational")
 IDENTITY = marked(RunConfig, "identity")
 DERIVED = marked(RunConfig, "derived")
+REPLICATE = marked(RunConfig, "replicate")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ablate.checkpoint import CheckpointError
 from ablate.cli import command, compose_root
 from ablate.config import EvalConfig, SuiteConfig
+from ablate.data.synthetic import COPY_CHANCE
 from ablate.data.tokens import cached_dir, prepare
 from ablate.lm import AblateLM, load_run
 from ablate.model import Transformer
@@ -85,7 +86,8 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None, checkp
         log.info("evaluating %s on %s", run.path, name)
         results = _empty_results()
         if suite.tasks:
-            results = run_tasks(lm, suite.tasks, eval_cfg, manager, run.samples_file(name, step))
+            results, items = run_tasks(lm, suite.tasks, eval_cfg, manager, run.samples_file(name, step))
+            run.write_items(name, items, step)
         if suite.lengths:
             val = prepare(loaded.cfg.data).val
             _merge(results, extrapolation(loaded.model, val, loaded.cfg.seq_len, suite.lengths, eval_cfg, name))
@@ -96,18 +98,29 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None, checkp
 
 
 def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any,
-              samples_file: Path | None = None) -> dict[str, Any]:
-    """lm-eval's simple_evaluate on `tasks` through `manager` (see task_manager)."""
+              samples_file: Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, list]]]:
+    """lm-eval's simple_evaluate on `tasks` through `manager` (see task_manager). Returns its
+    results, with `chance` (the accuracy of guessing, per task where known), and the per-item
+    accuracies of each task (task -> {"doc_id": [...], "acc": [...]}) for paired comparisons."""
     import lm_eval
 
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=eval_cfg.limit,
-                                      log_samples=eval_cfg.samples, bootstrap_iters=1000,
-                                      batch_size=eval_cfg.batch_size)
+                                      log_samples=True, bootstrap_iters=1000, batch_size=eval_cfg.batch_size)
     samples = results.pop("samples", None) or {}
     if eval_cfg.samples and samples_file is not None:
         write_text(samples_file, "".join(json.dumps({"task": task, **row}, default=str) + "\n"
                                          for task, rows in samples.items() for row in rows))
-    return results
+    items, chance = {}, {}
+    for task, rows in samples.items():
+        rows = sorted(rows, key=lambda r: r["doc_id"])
+        if rows and "acc" in rows[0]:
+            items[task] = {"doc_id": [r["doc_id"] for r in rows], "acc": [float(r["acc"]) for r in rows]}
+        if results.get("configs", {}).get(task, {}).get("output_type") == "multiple_choice":
+            chance[task] = {"acc": float(np.mean([1 / len(r["resps"]) for r in rows]))}
+    if "ablate_copy" in samples:
+        chance["ablate_copy"] = {"acc": COPY_CHANCE}
+    results["chance"] = chance
+    return results, items
 
 
 def _empty_results() -> dict[str, Any]:
@@ -227,7 +240,7 @@ def probe_dir(cache_dir: str, seed: int, n: int) -> Path:
         docs = list(documents(seed + 1, n_words=max(20_000, 40 * n)))
         (tmp / "heldout.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
-    return cached_dir(Path(cache_dir) / f"probes-v2-seed{seed}-n{n}", build)
+    return cached_dir(Path(cache_dir) / f"probes-v3-seed{seed}-n{n}", build)
 
 
 # ---- length extrapolation -----------------------------------------------------------------------

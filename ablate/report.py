@@ -1,10 +1,15 @@
-"""`ablate-report experiment=NAME` (or a path): runs -> one tidy DataFrame -> tables and plots.
+"""`ablate-report experiment=NAME` (or a path): runs -> one tidy DataFrame -> a verdict, tables
+and plots whose every mark survives seed noise and multiple comparisons.
 
     ablate-report experiment=positions [results_dir=results] [baseline=rope]
 
-Writes results/<experiment>/report/: table.md, table.csv, table.tex (booktabs), loss.png,
-extrapolation.png, scores.png; prints the table. Works on any run directories, complete or not:
-failed, diverged, running and missing runs, and runs without an eval, appear as such.
+Writes results/<experiment>/report/: table.md (the verdict, then a narrow table of the main metrics
+and costs, length extrapolation, noise), table.csv and table.tex (every column), comparisons.csv
+(each variant against the baseline, per metric: the difference, its interval, p, Holm-adjusted p,
+the test), noise.csv (per metric: the noise of a run by source, signal-to-noise, the smallest
+difference the seeds could detect), loss.png, extrapolation.png, scores.png, deltas.png; prints
+table.md. Works on any run directories, complete or not: failed, diverged, running and missing
+runs, stale evaluations and runs without one appear as such and are never averaged in.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ import json
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ablate import stats
 from ablate.cli import command, key_values
-from ablate.config import DERIVED, IDENTITY, OPERATIONAL, attention_family
+from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, attention_family
 from ablate.registry import ConfigError
 from ablate.rundir import ExperimentDir, RunDir, flatten
 
@@ -28,21 +35,25 @@ from ablate.rundir import ExperimentDir, RunDir, flatten
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
 COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
         "kv_bytes_per_token": "KV bytes/token", "tokens_per_s": "tokens/s", "wall_time_s": "wall time (s)"}
-Z95 = 1.96
+HIGHER_IS_BETTER = {"acc": True, "acc_chance_adj": True, "perplexity": False, "word_perplexity": False,
+                    "val_loss": False}
 
 
 # ---- collect ------------------------------------------------------------------------------------
 def collect(experiment_dir: str | Path) -> pd.DataFrame:
-    """Every run of an experiment as tidy rows: run, status, seed, variant, task, metric, value, stderr.
+    """Every run of an experiment as tidy rows: run, status, seed, data_seed, variant, task, metric,
+    value, stderr.
 
     `variant` names what differs between the runs' model / data / optim / train configs (the
-    ablated axis, found, not declared); `seed` is kept apart. Runs planned by a sweep (ExperimentDir.planned)
-    without a directory appear with status `missing`. Only evaluations of the final checkpoint of
-    a completed run count; any other is a row with task `eval`, metric `stale:<suite>` and the step
-    it measured as its value. A run retried after diverging has a `train` row `retried_after`
-    (the number of diverged attempts). The frame's attrs["order"] lists the variants in the
-    sweep's order (the first is the default baseline) and attrs["stale"] says why each stale
-    evaluation is stale."""
+    ablated axis, found, not declared); the init and data-order seeds are kept apart (runs of one
+    variant). Runs planned by a sweep (ExperimentDir.planned) without a directory appear with
+    status `missing`. Only evaluations of the final checkpoint of a completed run count; any other
+    is a row with task `eval`, metric `stale:<suite>` and the step it measured as its value. A run
+    retried after diverging has a `train` row `retried_after` (the number of diverged attempts).
+
+    attrs: "order" the variants in the sweep's order (the first is the default baseline); "stale"
+    why each stale evaluation is stale; "chance" task -> accuracy by guessing; "groups" lm-eval
+    group -> its subtasks; "items" (run, task) -> (doc ids, per-item accuracy) where kept."""
     root = ExperimentDir(experiment_dir)
     runs = root.runs()
     planned = {name: flatten(cfg) for name, cfg in root.planned().items()}
@@ -52,15 +63,19 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     missing = {name: cfg for name, cfg in planned.items() if name not in configs}
     axes = varying([*configs.values(), *missing.values()])
     rows: list[dict[str, Any]] = [
-        {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "variant": variant_name(cfg, axes),
-         "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan}
+        {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "data_seed": cfg.get("data.seed", 0),
+         "variant": variant_name(cfg, axes), "task": "eval", "metric": "missing", "value": math.nan,
+         "stderr": math.nan}
         for name, cfg in missing.items()]
     stale: dict[tuple[str, str], str] = {}
+    chance: dict[str, float] = {}
+    groups: dict[str, list[str]] = {}
+    items: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for run in runs:
         cfg = configs[run.name]
         summary = run.summary() or {"status": "never started"}
         base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
-                "variant": variant_name(cfg, axes)}
+                "data_seed": cfg.get("data.seed", 0), "variant": variant_name(cfg, axes)}
         for key in ("val_loss", "val_ppl", "train_loss", *COST):
             if key in summary:
                 rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
@@ -73,6 +88,10 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
             if problem is None:
                 rows += _eval_rows(base, found.results)
                 current += 1
+                chance.update({t: c["acc"] for t, c in found.results.get("chance", {}).items() if "acc" in c})
+                groups.update({g: list(sub) for g, sub in found.results.get("group_subtasks", {}).items() if sub})
+                for task, kept in run.items(found.suite).items():
+                    items[(run.name, task)] = (np.asarray(kept["doc_id"]), np.asarray(kept["acc"], dtype=float))
             else:
                 step = found.provenance.get("step", math.nan)
                 rows.append({**base, "task": "eval", "metric": f"stale:{found.suite}", "value": _num(step),
@@ -82,8 +101,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
             rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
     df = pd.DataFrame(rows)
     order = [variant_name(cfg, axes) for cfg in planned.values()] + sorted(df.variant)
-    df.attrs["order"] = list(dict.fromkeys(order))
-    df.attrs["stale"] = stale
+    df.attrs.update(order=list(dict.fromkeys(order)), stale=stale, chance=chance, groups=groups, items=items)
     return df
 
 
@@ -100,11 +118,12 @@ def _eval_rows(base: dict[str, Any], results: dict[str, Any]) -> list[dict[str, 
 
 
 def varying(configs) -> list[str]:
-    """Config fields whose values differ between runs: what the experiment varies. The seed is kept
-    apart; fields that change nothing computed (operational), name the run (identity) or are set by
-    ablate itself (derived, like the vocabulary from the tokenizer) are never an axis."""
+    """Config fields whose values differ between runs: what the experiment varies. The seeds are
+    replicates, kept apart; fields that change nothing computed (operational), name the run
+    (identity) or are set by ablate itself (derived, like the vocabulary from the tokenizer) are
+    never an axis."""
     configs = list(configs)
-    skip = ("seed", *OPERATIONAL, *IDENTITY, *DERIVED)
+    skip = (*REPLICATE, *OPERATIONAL, *IDENTITY, *DERIVED)
     keys = sorted({k for c in configs for k in c if not k.startswith(skip)})
     return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
 
@@ -135,7 +154,18 @@ def _num(x: Any) -> float:
         return math.nan
 
 
-# ---- the table ----------------------------------------------------------------------------------
+# ---- the analysis -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One metric of the table: `key` is "<task>|<metric>" (train|val_loss, average|acc, ...)."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    chance: float | None = None  # accuracy by guessing, where known
+    kind: str = "task"  # train | task | extrapolation | average | cost
+
+
 def main_metrics(df: pd.DataFrame) -> dict[str, str]:
     """task -> the metric that represents it (acc, else perplexity, ...); extrapolation rows keep perplexity."""
     chosen = {}
@@ -147,53 +177,109 @@ def main_metrics(df: pd.DataFrame) -> dict[str, str]:
     return chosen
 
 
-def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """One row per variant (in the sweep's order): per task the mean over seeds with its spread,
-    the average accuracy over tasks, validation loss, costs; run counts by status.
+def _columns(df: pd.DataFrame) -> list[Column]:
+    """The table's metrics: validation loss, each task's main metric, then the costs (the averages
+    are added by summarize)."""
+    chance = df.attrs.get("chance", {})
+    cols = [Column("train|val_loss", "val_loss", False, kind="train")]
+    for task, metric in main_metrics(df).items():
+        kind = "extrapolation" if task.startswith("extrapolation_") else "task"
+        cols.append(Column(f"{task}|{metric}", f"{task.removeprefix('ablate_')} {metric}",
+                           HIGHER_IS_BETTER.get(metric, True), chance.get(task) if metric == "acc" else None, kind))
+    cols += [Column(f"train|{key}", name, key == "tokens_per_s", kind="cost") for key, name in COST.items()]
+    return cols
 
-    Spread: with several seeds, the standard error of the mean over seeds; with one seed, the
-    item-level standard error lm-eval reports. A difference to the baseline is marked not
-    significant when |delta| < 1.96 x sqrt(se_variant^2 + se_baseline^2) (a two-sided z-test at 5%).
+
+def run_values(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per completed run (rows) and metric key (columns): the value, and lm-eval's item-level stderr."""
+    ok = df[df.status == "completed"].copy()
+    main = main_metrics(df)
+    keep = ((ok.task == "train") | ok.task.map(main).eq(ok.metric))
+    ok = ok[keep]
+    ok["key"] = ok.task + "|" + ok.metric
+    values = ok.pivot_table(index="run", columns="key", values="value", aggfunc="first", dropna=False)
+    ses = ok.pivot_table(index="run", columns="key", values="stderr", aggfunc="first", dropna=False)
+    return values, ses
+
+
+def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """One row per variant (in the sweep's order): for each metric the mean over completed runs and
+    its 95% interval (t over runs, k - 1 degrees of freedom; with one run, lm-eval's item-level
+    interval, labelled item-only), the averages over tasks, and run counts by status.
+
     The baseline is the first variant of the sweep unless `baseline` names another (ConfigError
-    for a name that is not a variant). attrs["notes"][(variant, column)] says which runs a cell
-    leaves out and why (failed, diverged, interrupted, missing, stale or no evaluation)."""
-    metrics = main_metrics(df)
+    for a name that is not a variant). attrs: "baseline"; "columns" (Column per metric); "runs"
+    variant -> its completed runs; "values" / "ses" per run; "uninformative" the accuracies no
+    variant lifts above chance; "average_tasks" the tasks the averages are over; "notes"
+    (variant, key) -> which runs a cell leaves out and why."""
     present = set(df.variant)
     variants = [v for v in df.attrs.get("order", []) if v in present] or list(dict.fromkeys(df.variant))
     if baseline is None:
         baseline = variants[0]
     elif baseline not in variants:
         raise ConfigError("baseline", baseline, "not a variant of this experiment", valid=variants)
+    values, ses = run_values(df)
+    status = df.drop_duplicates("run").set_index("run")
+    runs = {v: [r for r in status.index[(status.variant == v) & (status.status == "completed")]] for v in variants}
+    columns = _columns(df)
+    groups = df.attrs.get("groups", {})
+    subtasks = {t for sub in groups.values() for t in sub}
+    uninformative = [c.key for c in columns if c.chance is not None
+                     and not _lifted(values, ses, runs, c.key, c.chance, len(variants))]
+    # the averages: over the accuracies every variant has, groups as units (their subtasks left out),
+    # tasks at chance left out; per run, then over runs
+    measured = [v for v in variants if runs[v]]
+    average_tasks = [c.key for c in columns if c.key.endswith("|acc") and c.kind == "task"
+                     and c.key.split("|")[0] not in subtasks and c.key not in uninformative
+                     and all(values.reindex(runs[v])[c.key].notna().any() for v in measured)]
+    if average_tasks:
+        chance = {c.key: c.chance or 0.0 for c in columns}
+        values["average|acc"] = values[average_tasks].mean(axis=1, skipna=False)
+        values["average|acc_chance_adj"] = pd.concat(
+            [(values[k] - chance[k]) / (1 - chance[k]) for k in average_tasks], axis=1).mean(axis=1, skipna=False)
+        # a run's item-level error of the mean over tasks (disjoint items, so independent within a run)
+        ses["average|acc"] = np.sqrt((ses[average_tasks] ** 2).sum(axis=1, min_count=1)) / len(average_tasks)
+        ses["average|acc_chance_adj"] = ses["average|acc"]
+        at = next((i for i, c in enumerate(columns) if c.kind == "cost"), len(columns))
+        columns[at:at] = [Column("average|acc", "average acc", True, kind="average"),
+                          Column("average|acc_chance_adj", "average acc (chance-adj.)", True, kind="average")]
     table, notes = [], {}
     for variant in variants:
         part = df[df.variant == variant]
-        runs = part.drop_duplicates("run")
-        ok = runs[runs.status == "completed"]
+        counts = part.drop_duplicates("run").status.value_counts()
         retried = part[(part.metric == "retried_after") & (part.status == "completed")].run.nunique()
-        counts = ", ".join(f"{n} {s}" for s, n in runs.status.value_counts().items())
-        row: dict[str, Any] = {"variant": variant, "seeds": len(ok),
-                               "runs": counts + (f" ({retried} retried after diverging)" if retried else "")}
-        scores = []
-        for task, metric in metrics.items():
-            used = part[(part.task == task) & (part.metric == metric) & (part.status == "completed")]
-            mean, se = _mean_se(used)
-            row[f"{task}|{metric}"], row[f"{task}|{metric}|se"] = mean, se
-            notes[(variant, f"{task}|{metric}")] = _left_out(part, set(used.dropna(subset=["value"]).run), evals=True)
-            if metric == "acc" and not math.isnan(mean):
-                scores.append((mean, se))
-        if scores:
-            row["average|acc"] = float(np.mean([m for m, _ in scores]))
-            row["average|acc|se"] = float(math.sqrt(sum(s**2 for _, s in scores if not math.isnan(s)))) / len(scores)
-        for key in ("val_loss", *COST):
-            used = part[(part.task == "train") & (part.metric == key) & (part.status == "completed")]
-            mean, se = _mean_se(used)
-            row[f"train|{key}"], row[f"train|{key}|se"] = mean, se
-            notes[(variant, f"train|{key}")] = _left_out(part, set(used.dropna(subset=["value"]).run), evals=False)
+        row: dict[str, Any] = {"variant": variant, "seeds": len(runs[variant]),
+                               "runs": ", ".join(f"{n} {s}" for s, n in counts.items())
+                               + (f" ({retried} retried after diverging)" if retried else "")}
+        for c in columns:
+            got = values.reindex(runs[variant])[c.key] if c.key in values else pd.Series(dtype=float)
+            se = ses.reindex(runs[variant])[c.key].dropna() if c.key in ses else pd.Series(dtype=float)
+            iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan)
+            row.update({c.key: iv.mean, f"{c.key}|low": iv.low, f"{c.key}|high": iv.high, f"{c.key}|n": iv.n,
+                        f"{c.key}|interval": iv.kind})
+            if c.kind != "cost":
+                notes[(variant, c.key)] = _left_out(part, set(got.dropna().index), c.kind != "train")
         table.append(row)
     out = pd.DataFrame(table).set_index("variant")
-    out.attrs["baseline"] = baseline
-    out.attrs["notes"] = {k: v for k, v in notes.items() if v}
+    out.attrs.update(baseline=baseline, columns=columns, runs=runs, values=values, ses=ses, groups=groups,
+                     uninformative=uninformative, average_tasks=average_tasks,
+                     notes={k: v for k, v in notes.items() if v}, items=df.attrs.get("items", {}))
     return out
+
+
+def _lifted(values: pd.DataFrame, ses: pd.DataFrame, runs: dict[str, list[str]], key: str, chance: float,
+            n_variants: int) -> bool:
+    """Whether some variant's interval (Bonferroni over the variants) lies above chance."""
+    if key not in values:
+        return False
+    level = 1 - stats.ALPHA / max(1, n_variants)
+    for names in runs.values():
+        got = values.reindex(names)[key].dropna()
+        se = ses.reindex(names)[key].dropna() if key in ses else pd.Series(dtype=float)
+        iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got) == 1 and len(se) else math.nan, level)
+        if math.isfinite(iv.low) and iv.low > chance:
+            return True
+    return False
 
 
 def _left_out(part: pd.DataFrame, used: set[str], evals: bool) -> str:
@@ -210,71 +296,223 @@ def _left_out(part: pd.DataFrame, used: set[str], evals: bool) -> str:
     return ", ".join(f"{n} {r}" for r, n in pd.Series(reasons, dtype=object).value_counts().items())
 
 
-def _mean_se(rows: pd.DataFrame) -> tuple[float, float]:
-    values = rows.value.dropna()
-    if values.empty:
-        return math.nan, math.nan
-    if len(values) > 1:
-        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
-    return float(values.iloc[0]), float(rows.stderr.iloc[0]) if not rows.stderr.empty else math.nan
+def _paired_items(summary: pd.DataFrame, variant: str, key: str) -> np.ndarray | None:
+    """(runs, items) per-item accuracies of `variant` on the items every run of both arms answered."""
+    task, metric = key.split("|")
+    if metric != "acc":
+        return None
+    items, runs = summary.attrs["items"], summary.attrs["runs"]
+    both = runs[variant] + runs[summary.attrs["baseline"]]
+    if not both or not all((r, task) in items for r in both):
+        return None
+    shared = set.intersection(*(set(items[(r, task)][0].tolist()) for r in both))
+    if len(shared) < 2:
+        return None
+    rows = []
+    for r in runs[variant]:
+        ids, acc = items[(r, task)]
+        rows.append(acc[np.isin(ids, list(shared))][np.argsort(ids[np.isin(ids, list(shared))])])
+    return np.vstack(rows)
 
 
-def deltas(summary: pd.DataFrame) -> pd.DataFrame:
-    """For each score column: variant - baseline, and whether it is significant (see summarize)."""
+def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each variant against the baseline, per metric (costs aside): the difference with its 95%
+    interval and p-value (stats.compare), Holm-adjusted over every test in the table that accounts
+    for training noise; `significant` is empty where none could be made (one run a side: the test
+    is item-only and its p is Holm-adjusted among the item-only tests, never marked)."""
     base = summary.attrs["baseline"]
-    out = {}
-    scores = [c for c in summary.columns if (c.count("|") == 1 and not c.startswith("train|")) or c == "train|val_loss"]
-    for col in scores:
-        se = summary.get(col + "|se", pd.Series(math.nan, index=summary.index)).fillna(0.0)
-        d = summary[col] - summary.loc[base, col]
-        out[col] = d
-        out[col + "|sig"] = d.abs() > Z95 * np.sqrt(se**2 + se.loc[base] ** 2)
-    return pd.DataFrame(out, index=summary.index)
-
-
-HIGHER_IS_BETTER = {"acc": True, "perplexity": False, "word_perplexity": False, "val_loss": False}
-
-
-def render(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Strings for the table (mean ± se, delta, best in bold, † where not significant) and the legend."""
-    d = deltas(summary)
-    base, notes = summary.attrs["baseline"], summary.attrs.get("notes", {})
-    cols = [c for c in d.columns if not c.endswith("|sig")]
-    shown = pd.DataFrame(index=summary.index)
-    shown["runs"] = summary["runs"]
-    for col in cols:
-        metric = col.split("|")[-1]
-        better = HIGHER_IS_BETTER.get(metric, True)
-        values = summary[col]
-        best = values.max() if better else values.min()
-        cells = []
-        for variant in summary.index:
-            v, se = values[variant], summary.get(col + "|se", pd.Series(math.nan, index=summary.index))[variant]
-            note = notes.get((variant, col))
-            if math.isnan(v):
-                cells.append(f"n/a ({note})" if note else "n/a")
+    values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
+    rows = []
+    for variant in summary.index:
+        if variant == base:
+            continue
+        for c in summary.attrs["columns"]:
+            if c.kind == "cost" or c.key not in values:
                 continue
-            text = f"{_fmt(v)} ± {_fmt(se)}" if not math.isnan(se) else _fmt(v)
-            if variant != base:
-                text += f" ({d.loc[variant, col]:+.3g}{'' if d.loc[variant, col + '|sig'] else '†'})"
-            if v == best and values.notna().sum() > 1:
-                text = f"**{text}**"
-            cells.append(text + (f" [without {note}]" if note else ""))
-        shown[col.replace("|", " ")] = cells
-    for key, name in COST.items():
-        shown[name] = [_fmt(x) for x in summary[f"train|{key}"]]
-    legend = (f"Mean over completed seeds ± standard error (over seeds; lm-eval's item stderr for a single "
-              f"seed). (delta) is the difference to the baseline `{base}`; † marks a difference not larger "
-              f"than noise: |delta| < 1.96 sqrt(se² + se_baseline²), a two-sided z-test at 5%. Bold: best. "
-              f"`average acc` is the mean accuracy over tasks, as BigScience reported. [without ...] names the "
-              f"runs a cell leaves out: failed, diverged, interrupted or missing runs, and completed runs whose "
-              f"evaluation is stale (it measured another checkpoint) or absent.")
-    return shown, legend
+            v, b = values.reindex(runs[variant])[c.key], values.reindex(runs[base])[c.key]
+            sv = ses.reindex(runs[variant])[c.key] if c.key in ses else v * math.nan
+            sb = ses.reindex(runs[base])[c.key] if c.key in ses else b * math.nan
+            result = stats.compare(v.to_numpy(), b.to_numpy(), _paired_items(summary, variant, c.key),
+                                   _paired_items(summary, base, c.key),
+                                   float(sv.iloc[0]) if len(sv) == 1 else math.nan,
+                                   float(sb.iloc[0]) if len(sb) == 1 else math.nan)
+            rows.append({"variant": variant, "baseline": base, "metric": c.key, "n_seeds": int(v.notna().sum()),
+                         "n_seeds_baseline": int(b.notna().sum()), "mean": v.mean(), "baseline_mean": b.mean(),
+                         "delta": result.delta, "ci_low": result.low, "ci_high": result.high,
+                         "p_value": result.p_value, "decides": result.decides, "test": result.test})
+    out = pd.DataFrame(rows, columns=["variant", "baseline", "metric", "n_seeds", "n_seeds_baseline", "mean",
+                                      "baseline_mean", "delta", "ci_low", "ci_high", "p_value", "decides", "test"])
+    out["p_adjusted"] = math.nan
+    for decides in (True, False):
+        part = out.decides == decides
+        out.loc[part, "p_adjusted"] = stats.holm(out.loc[part, "p_value"].tolist())
+    out["significant"] = [bool(p < stats.ALPHA) if d and math.isfinite(p) else None
+                          for p, d in zip(out.p_adjusted, out.decides)]
+    tests = int((out.decides & out.p_value.notna()).sum())
+    out = out[["variant", "baseline", "metric", "n_seeds", "n_seeds_baseline", "mean", "baseline_mean", "delta",
+               "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "test"]].copy()
+    out.attrs["tests"] = tests
+    return out
+
+
+def noise(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Per metric: the SD of a run's value over runs of one variant (pooled over variants), split
+    into init-seed, data-order and residual parts where a variant's runs cross two or more seeds of
+    each; the item-level SD of the eval (lm-eval's stderr); the signal-to-noise ratio (the SD of
+    the variants' means over the run SD); and the smallest difference the runs per variant could
+    detect at 5% with 80% power."""
+    values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
+    seeds = df.drop_duplicates("run").set_index("run")[["seed", "data_seed"]]
+    rows = []
+    for c in summary.attrs["columns"]:
+        if c.kind == "cost" or c.key not in values:
+            continue
+        variances, dfs, components, means = [], [], [], []
+        for names in runs.values():
+            got = values.reindex(names)[c.key].dropna()
+            if len(got):
+                means.append(got.mean())
+            if len(got) >= 2:
+                variances.append(got.var(ddof=1))
+                dfs.append(len(got) - 1)
+                grid = pd.DataFrame({"v": got, **seeds.reindex(got.index)}).pivot_table(
+                    index="seed", columns="data_seed", values="v", aggfunc="mean")
+                if grid.shape[0] >= 2 and grid.shape[1] >= 2:
+                    components.append(stats.noise_components(grid.to_numpy()))
+        sd = math.sqrt(np.average(variances, weights=dfs)) if variances else math.nan
+        k = min((len(values.reindex(n)[c.key].dropna()) for n in runs.values()), default=0)
+        item = ses[c.key].dropna() if c.key in ses else pd.Series(dtype=float)
+        parts = {name: math.sqrt(np.mean([getattr(x, name) ** 2 for x in components])) if components else math.nan
+                 for name in ("sd_init", "sd_data", "sd_residual")}
+        rows.append({"metric": c.key, "runs_per_variant": k, "sd_runs": sd, **parts,
+                     "sd_items": math.sqrt((item**2).mean()) if len(item) else math.nan,
+                     "snr": np.std(means, ddof=1) / sd if len(means) >= 2 and sd > 0 else math.nan,
+                     "mde": stats.mde(sd, k)})
+    return pd.DataFrame(rows)
+
+
+def verdict(summary: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
+    """In plain words, per main metric: the variants ranked, those the data cannot separate
+    grouped (pairwise Welch over runs, Holm-adjusted within the metric); with one run per
+    variant, only their order, and that training noise is unknown."""
+    values, runs = summary.attrs["values"], summary.attrs["runs"]
+    lines = []
+    for c in _verdict_columns(summary):
+        have = {v: values.reindex(runs[v])[c.key].dropna() for v in summary.index}
+        have = {v: x for v, x in have.items() if len(x)}
+        if len(have) < 2:
+            continue
+        order = sorted(have, key=lambda v: have[v].mean(), reverse=c.higher_is_better)
+        direction = "higher is better" if c.higher_is_better else "lower is better"
+        named = {v: f"{v} ({_fmt(x.mean())})" for v, x in have.items()}
+        if min(len(x) for x in have.values()) < 2:
+            lines.append(f"**{c.label}** ({direction}): one run per variant, so training noise is unknown and no "
+                         f"difference can be called real. By value: {', '.join(named[v] for v in order)}.")
+            continue
+        pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+        p = stats.holm([stats.compare(have[a].to_numpy(), have[b].to_numpy()).p_value for a, b in pairs])
+        apart = {pair: q < stats.ALPHA for pair, q in zip(pairs, p)}
+        groups: list[list[str]] = []
+        for v in order:
+            if groups and not apart[(groups[-1][0], v)]:
+                groups[-1].append(v)
+            else:
+                groups.append([v])
+        words = [("best: " if i == 0 else "then: ") + " = ".join(named[v] for v in g) for i, g in enumerate(groups)]
+        tied = "; variants joined by = cannot be told apart" if any(len(g) > 1 for g in groups) else ""
+        k = min(len(x) for x in have.values())
+        lines.append(f"**{c.label}** ({direction}, {k}+ runs each): {'; '.join(words)}{tied} "
+                     f"(pairwise Welch over runs, Holm-adjusted, 5%).")
+    return lines
+
+
+def _verdict_columns(summary: pd.DataFrame) -> list[Column]:
+    """val_loss, the averages, each informative task, and the longest extrapolation length measured."""
+    cols = [c for c in summary.attrs["columns"] if c.kind in ("train", "average")
+            or (c.kind == "task" and c.key not in summary.attrs["uninformative"]
+                and c.key.split("|")[0] not in {t for sub in summary.attrs.get("groups", {}).values() for t in sub})]
+    extra = [c for c in summary.attrs["columns"] if c.kind == "extrapolation" and summary[c.key].notna().any()]
+    if extra:
+        cols.append(max(extra, key=lambda c: float(c.key.split("|")[0].split("_")[-1].rstrip("x"))))
+    return cols
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame,
+           title: str = "") -> tuple[str, pd.DataFrame]:
+    """table.md's text (verdict, main table, extrapolation, noise, legend) and the full table of
+    strings (every column) for LaTeX."""
+    base, notes = summary.attrs["baseline"], summary.attrs.get("notes", {})
+    marks = {(r.variant, r.metric): r for r in comps.itertuples()}
+    one_run = int(summary.seeds.min()) < 2
+
+    def cell(variant: str, c: Column) -> str:
+        v, low, high = summary.loc[variant, c.key], summary.loc[variant, f"{c.key}|low"], \
+            summary.loc[variant, f"{c.key}|high"]
+        note = notes.get((variant, c.key))
+        if not math.isfinite(v):
+            return f"n/a ({note})" if note else "n/a"
+        if c.kind == "cost":
+            return _fmt(v)
+        text = _fmt(v) + (f" ± {_fmt((high - low) / 2)}" if math.isfinite(low) else "")
+        r = marks.get((variant, c.key))
+        if r is not None and math.isfinite(r.delta):
+            text += f" ({r.delta:+.3g}{'*' if r.significant else ''})"
+        return text + (f" [without {note}]" if note else "")
+
+    def header(c: Column) -> str:
+        extra = f", chance {_fmt(c.chance)}" if c.chance is not None else ""
+        extra += ", at chance: not averaged" if c.key in summary.attrs["uninformative"] else ""
+        return f"{c.label} ({extra.removeprefix(', ')})" if extra else c.label
+
+    subtasks = {t for sub in summary.attrs.get("groups", {}).values() for t in sub}
+    columns = summary.attrs["columns"]
+    full = pd.DataFrame({header(c): [cell(v, c) for v in summary.index] for c in columns}, index=summary.index)
+    full.insert(0, "runs", summary["runs"])
+    main = [c for c in columns if (c.kind in ("train", "average", "cost") and c.key != "train|wall_time_s")
+            or (c.kind == "task" and c.key.split("|")[0] not in subtasks)]
+    narrow = full[["runs", *[header(c) for c in main]]]
+    extra = [c for c in columns if c.kind == "extrapolation"]
+    lines = [f"# {title}" if title else "", "## Verdict", ""]
+    lines += [f"- {line}" for line in verdict(summary, comps)] or ["- nothing to compare"]
+    lines += ["", f"## Main metrics (baseline `{base}`)", "", narrow.to_markdown()]
+    if extra:
+        ex = pd.DataFrame({c.key.split("|")[0].split("_")[-1]: [cell(v, c) for v in summary.index] for c in extra},
+                          index=summary.index)
+        lines += ["", "## Length extrapolation (perplexity at multiples of the training length)", "",
+                  ex.to_markdown()]
+    if not noise_table.empty:
+        shown = noise_table.set_index("metric").map(_fmt)
+        lines += ["", "## Noise per metric", "", shown.to_markdown()]
+    lines += ["", _legend(base, comps.attrs.get("tests", 0), one_run, summary)]
+    return "\n".join(x for x in lines if x is not None).lstrip() + "\n", full
+
+
+def _legend(base: str, tests: int, one_run: bool, summary: pd.DataFrame) -> str:
+    averaged = ", ".join(k.split("|")[0].removeprefix("ablate_") for k in summary.attrs["average_tasks"]) or "none"
+    text = (f"Each cell: the mean over completed runs ± the half-width of its 95% interval (t over runs, k - 1 "
+            f"degrees of freedom), then (the difference to the baseline `{base}`). ")
+    if one_run:
+        text += ("With one run of a variant, training noise is unknown: its interval is item-only (lm-eval's "
+                 "item-level error) and no difference is marked; comparisons.csv has the item-only tests "
+                 "(McNemar for accuracies). ")
+    text += (f"* marks a difference that survives seed noise and multiple comparisons: Welch's t over runs (plus "
+             f"the item-set noise of the paired difference for accuracies), Holm-adjusted p < 0.05 over the "
+             f"{tests} tests of this table. Averages are per run, over the accuracies every variant has ({averaged}; "
+             f"lm-eval groups count once, tasks at chance are left out), then over runs; chance-adj. is "
+             f"(acc - chance) / (1 - chance). [without ...] names the runs a cell leaves out: failed, diverged, "
+             f"interrupted or missing runs, and completed runs whose evaluation is stale or absent. Noise: SD of a "
+             f"run over runs of one variant (by source where seeds x data seeds cross), SD items = lm-eval's "
+             f"stderr, SNR = SD of the variants' means / SD runs, MDE = the smallest difference the runs per "
+             f"variant detect at 5% with 80% power.")
+    return text
 
 
 def _fmt(x: float) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return f"{x:,}"
     if abs(x) >= 1e5:
         return f"{x:.3g}"
     if abs(x) >= 100:
@@ -283,7 +521,8 @@ def _fmt(x: float) -> str:
 
 
 # ---- plots --------------------------------------------------------------------------------------
-def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, comps: pd.DataFrame,
+         out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,30 +541,56 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, out: Pat
         mean, lo, hi = merged.mean(axis=1), merged.min(axis=1), merged.max(axis=1)
         ax.plot(mean.index, mean.values, label=variant)
         ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2)
-    ax.set(xlabel="tokens", ylabel="training loss", title="Loss (mean, band: min-max over seeds)")
+    ax.set(xlabel="tokens", ylabel="training loss", title="Loss (mean, band: min-max over runs)")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "loss.png", note))
 
-    extra = df[df.task.str.startswith("extrapolation_") & (df.metric == "perplexity")]
-    if not extra.empty:
+    extra = [c for c in summary.attrs["columns"] if c.kind == "extrapolation"]
+    if extra:
         fig, ax = plt.subplots(figsize=(7, 4))
-        lengths = {t: float(t.split("_")[-1].rstrip("x")) for t in extra.task.unique()}
-        for variant, group in extra.groupby("variant", sort=False):
-            pts = group.groupby("task").value.mean().rename(index=lengths).sort_index()
-            ax.plot(pts.index, pts.values, marker="o", label=variant)
-        ax.set(xscale="log", yscale="log", xlabel="evaluation length / training length",
-               ylabel="perplexity", title="Length extrapolation (n/a points omitted)")
+        x = [float(c.key.split("|")[0].split("_")[-1].rstrip("x")) for c in extra]
+        for variant in summary.index:
+            y = np.array([summary.loc[variant, c.key] for c in extra])
+            lo = np.array([summary.loc[variant, f"{c.key}|low"] for c in extra])
+            hi = np.array([summary.loc[variant, f"{c.key}|high"] for c in extra])
+            line, = ax.plot(x, y, marker="o", label=variant)
+            ok = np.isfinite(lo)
+            if ok.any():
+                ax.fill_between(np.array(x)[ok], lo[ok], hi[ok], alpha=0.15, color=line.get_color())
+        ax.set(xscale="log", yscale="log", xlabel="evaluation length / training length", ylabel="perplexity",
+               title="Length extrapolation (95% intervals; n/a points omitted)")
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
         ax.legend(fontsize=8)
         paths.append(_save(fig, out / "extrapolation.png", note))
 
     if "average|acc" in summary:
         fig, ax = plt.subplots(figsize=(7, 4))
-        se = summary["average|acc|se"].fillna(0.0)
-        ax.bar(summary.index, summary["average|acc"], yerr=Z95 * se, capsize=4)
-        ax.set(ylabel="average accuracy", title="Average accuracy over tasks (95% interval)")
+        mean = summary["average|acc"]
+        err = np.vstack([mean - summary["average|acc|low"], summary["average|acc|high"] - mean]).clip(min=0)
+        ax.bar(summary.index, mean, yerr=np.nan_to_num(err), capsize=4)
+        kinds = sorted({k for k in summary["average|acc|interval"] if k})
+        ax.set(ylabel="average accuracy", title=f"Average accuracy over tasks (95% interval: {', '.join(kinds)})")
         ax.tick_params(axis="x", rotation=30)
-        paths.append(_save(fig, out / "scores.png"))
+        paths.append(_save(fig, out / "scores.png", note))
+
+    cols = [c for c in _verdict_columns(summary) if (comps.metric == c.key).any()]
+    if cols:
+        fig, axes = plt.subplots(len(cols), 1, figsize=(7, 1.2 + 1.1 * len(cols) * max(1, len(summary) - 1) ** 0.5),
+                                 squeeze=False)
+        for ax, c in zip(axes[:, 0], cols):
+            part = comps[comps.metric == c.key]
+            y = np.arange(len(part))
+            lower = (part.delta - part.ci_low).clip(lower=0).fillna(0)
+            upper = (part.ci_high - part.delta).clip(lower=0).fillna(0)
+            for i, r in enumerate(part.itertuples()):
+                ax.errorbar(r.delta, i, xerr=[[lower.iloc[i]], [upper.iloc[i]]], fmt="o", capsize=3,
+                            color="C3" if r.significant else "C0", mfc="C3" if r.significant else "white")
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.set_yticks(y, part.variant)
+            better = "right" if c.higher_is_better else "left"
+            ax.set_title(f"{c.label}: difference to {summary.attrs['baseline']} ({better} is better; red: "
+                         f"significant)", fontsize=9)
+        paths.append(_save(fig, out / "deltas.png", note))
     return paths
 
 
@@ -356,10 +621,10 @@ def _save(fig, path: Path, note: str = "") -> Path:
 
 # ---- writing ------------------------------------------------------------------------------------
 def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str, Path]:
-    """Build the tables and plots of an experiment; returns the files written."""
-    experiment_dir = Path(experiment_dir)
-    df = collect(experiment_dir)
-    out = ExperimentDir(experiment_dir).report_dir
+    """Build the verdict, tables and plots of an experiment; returns the files written."""
+    experiment = ExperimentDir(experiment_dir)
+    df = collect(experiment.path)
+    out = experiment.report_dir
     out.mkdir(exist_ok=True)
     for run, status in df.drop_duplicates("run")[["run", "status"]].itertuples(index=False):
         if status != "completed":
@@ -369,16 +634,20 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     for run in df[(df.task == "eval") & (df.metric == "missing") & (df.status == "completed")].run.unique():
         warnings.warn(f"{run}: no evaluation of its final checkpoint", stacklevel=2)
     summary = summarize(df, baseline)
-    shown, legend = render(summary)
-    written = {"csv": out / "table.csv", "md": out / "table.md", "tex": out / "table.tex"}
+    comps = comparisons(summary)
+    noise_table = noise(summary, df)
+    text, full = render(summary, comps, noise_table, f"{experiment.path.name}: {len(summary)} variants")
+    written = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex",
+               "comparisons": out / "comparisons.csv", "noise": out / "noise.csv"}
+    written["md"].write_text(text)
     summary.to_csv(written["csv"])
-    written["md"].write_text(shown.to_markdown() + "\n\n" + legend + "\n")
-    tex = shown.map(lambda cell: str(cell).replace("**", "")).to_latex(escape=True)  # booktabs rules
-    written["tex"].write_text(tex.replace("±", r"$\pm$").replace("†", r"$^\dagger$"))
-    for path in plot(experiment_dir, df, summary, out):
+    comps.to_csv(written["comparisons"], index=False)
+    noise_table.to_csv(written["noise"], index=False)
+    tex = full.to_latex(escape=True)  # booktabs rules
+    written["tex"].write_text(tex.replace("±", r"$\pm$"))
+    for path in plot(experiment.path, df, summary, comps, out):
         written[path.stem] = path
-    print(shown.to_markdown())
-    print("\n" + legend)
+    print(text)
     return written
 
 

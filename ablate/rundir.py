@@ -231,6 +231,23 @@ class RunDir:
     def samples_file(self, suite: str, step: int | None = None) -> Path:
         return self.eval_file(suite, step).with_name(f"{suite}_samples.jsonl")
 
+    def items_file(self, suite: str, step: int | None = None) -> Path:
+        """Per-item results of an evaluation (what paired comparisons between runs need)."""
+        return self.eval_file(suite, step).with_name(f"{suite}_items.jsonl")
+
+    def write_items(self, suite: str, items: dict[str, dict[str, list]], step: int | None = None) -> Path:
+        """items: task -> {"doc_id": [...], metric: [...]} (one value per item, doc_id order)."""
+        return write_text(self.items_file(suite, step),
+                          "".join(json.dumps({"task": task, **rows}) + "\n" for task, rows in items.items()))
+
+    def items(self, suite: str) -> dict[str, dict[str, list]]:
+        """The per-item results of the final model's evaluation of `suite` ({} when not kept)."""
+        path = self.items_file(suite)
+        if not path.exists():
+            return {}
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return {row.pop("task"): row for row in rows}
+
     def provenance(self, checkpoint: Path, step: int, tokens: int) -> dict[str, Any]:
         """What an evaluation of `checkpoint` (taken at `step`, after `tokens`) measured."""
         from ablate import __version__

@@ -34,7 +34,7 @@ def test_no_probe_item_appears_in_training_text():
     for item in probes["recall"]:
         assert item["context"] not in text
     for item in probes["copy"]:
-        assert item["context"] not in text
+        assert item["context"].partition(" |")[0] not in text
     # and training does contain the three kinds of structure the probes test
     assert "themselves ." in text and " ask " in text and "copy : " in text
 
@@ -51,9 +51,15 @@ def test_probes_are_well_formed_minimal_pairs_and_queries():
         table = item["context"].split(" . ask ")[0].removeprefix("table : ").split(" , ")
         value = dict(pair.split() for pair in table)[key]
         assert item["choices"][item["gold"]] == value
+    spans: dict[int, list[dict]] = {}
     for item in probes["copy"]:
-        span = item["context"].removeprefix("copy : ").removesuffix(" |")
-        assert item["continuation"] == f" {span} ."
+        spans.setdefault(item["item"], []).append(item)
+    assert len(spans) == 200 // 5
+    for rows in spans.values():  # one row per word, each asking for the next word of the copy
+        span, _, copied = rows[-1]["context"].removeprefix("copy : ").partition(" |")
+        assert [r["position"] for r in rows] == list(range(len(span.split())))
+        assert [r["continuation"].strip() for r in rows] == span.split()
+        assert copied.split() == span.split()[:-1]
 
 
 def test_write_probes(tmp_path):

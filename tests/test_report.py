@@ -5,13 +5,15 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats as scipy_stats
 
 from ablate.config import RunConfig
 from ablate.registry import ConfigError
-from ablate.report import collect, deltas, plotted, render, report, summarize
+from ablate.report import collect, comparisons, noise, plotted, render, report, summarize
 from ablate.rundir import RunDir
 
 from conftest import run_cli, tiny_overrides
@@ -61,35 +63,42 @@ def experiment(tmp_path) -> Path:
 
 def test_collect_is_tidy_and_finds_the_axis(experiment):
     df = collect(experiment)
-    assert set(df.columns) == {"run", "status", "seed", "variant", "task", "metric", "value", "stderr"}
-    assert set(df.variant) == {"rope", "alibi", "learned", "sinusoidal"}  # position differs; seed does not count
+    assert set(df.columns) == {"run", "status", "seed", "data_seed", "variant", "task", "metric", "value", "stderr"}
+    assert set(df.variant) == {"rope", "alibi", "learned", "sinusoidal"}  # position differs; seeds do not count
     status = df.drop_duplicates("run").set_index("run").status
     assert status["learned-s1"] == "missing" and status["learned-s0"] == "failed"
     row = df[(df.run == "rope-s1") & (df.task == "task_a")].iloc[0]
     assert (row.metric, row.value, row.stderr) == ("acc", 0.70, 0.01)
 
 
-def test_means_intervals_deltas_and_failed_rows(experiment):
+def test_means_intervals_comparisons_and_failed_rows(experiment):
     s = summarize(collect(experiment), baseline="rope")
     assert s.loc["rope", "task_a|acc"] == pytest.approx(0.65)
-    assert s.loc["rope", "task_a|acc|se"] == pytest.approx(0.05)  # std(0.6, 0.7) / sqrt(2)
-    assert s.loc["alibi", "task_a|acc"] == pytest.approx(0.85)
+    half = scipy_stats.t.ppf(0.975, 1) * 0.05  # std(0.6, 0.7) / sqrt(2), t with 1 degree of freedom
+    assert (s.loc["rope", "task_a|acc|low"], s.loc["rope", "task_a|acc|high"]) == pytest.approx((0.65 - half,
+                                                                                                0.65 + half))
+    assert s.loc["rope", "task_a|acc|interval"] == "t over runs" and s.loc["alibi", "task_a|acc"] == pytest.approx(0.85)
     assert s.loc["rope", "train|val_loss"] == pytest.approx(3.1)
-    # one completed seed: lm-eval's item stderr stands in; the diverged seed is not averaged in
+    # one completed run: lm-eval's item interval, labelled item-only; the diverged run is not averaged in
     assert s.loc["sinusoidal", "task_a|acc"] == pytest.approx(0.62)
-    assert s.loc["sinusoidal", "task_a|acc|se"] == pytest.approx(0.01)
+    assert s.loc["sinusoidal", "task_a|acc|interval"] == "item-only"
+    assert s.loc["sinusoidal", "task_a|acc|high"] == pytest.approx(0.62 + 1.96 * 0.01, rel=1e-3)
     assert s.loc["sinusoidal", "runs"] == "1 completed, 1 diverged"
     assert math.isnan(s.loc["learned", "task_a|acc"]) and s.loc["learned", "runs"] in (
         "1 failed, 1 missing", "1 missing, 1 failed")
-    d = deltas(s)
-    assert d.loc["alibi", "task_a|acc"] == pytest.approx(0.20)
-    assert bool(d.loc["alibi", "task_a|acc|sig"])  # 0.20 > 1.96 * sqrt(0.05^2 + 0.05^2) = 0.139
-    assert not bool(d.loc["sinusoidal", "task_a|acc|sig"])  # -0.03 < 1.96 * sqrt(0.01^2 + 0.05^2)
-    shown, legend = render(s)
-    assert shown.loc["alibi", "task_a acc"].startswith("**0.850 ± 0.050 (+0.2)")  # best, significant
-    assert shown.loc["sinusoidal", "task_a acc"].endswith("†) [without 1 diverged]")  # the cell says what it lacks
-    assert shown.loc["learned", "task_a acc"] in ("n/a (1 failed, 1 missing)", "n/a (1 missing, 1 failed)")
-    assert "z-test" in legend and "`rope`" in legend
+    c = comparisons(s).set_index(["variant", "metric"])
+    alibi = c.loc[("alibi", "task_a|acc")]
+    assert alibi.delta == pytest.approx(0.20) and alibi.test == "welch over runs"
+    assert alibi.p_value == pytest.approx(scipy_stats.ttest_ind([0.8, 0.9], [0.6, 0.7], equal_var=False).pvalue)
+    assert not alibi.significant  # 2 runs a side: t = 2.83 on 2 degrees of freedom is not enough
+    sinusoidal = c.loc[("sinusoidal", "task_a|acc")]
+    assert pd.isna(sinusoidal.significant) and sinusoidal.test == "none: training noise unknown"
+    text, full = render(s, comparisons(s), noise(s, collect(experiment)))
+    assert text.startswith("## Verdict") and "Holm" in text and "`rope`" in text
+    assert full.loc["alibi", "task_a acc"].startswith("0.850 ± ")  # the interval's half-width, then the delta
+    assert "(+0.2)" in full.loc["alibi", "task_a acc"] and "*" not in full.loc["alibi", "task_a acc"]
+    assert full.loc["sinusoidal", "task_a acc"].endswith("[without 1 diverged]")  # the cell says what it lacks
+    assert full.loc["learned", "task_a acc"] in ("n/a (1 failed, 1 missing)", "n/a (1 missing, 1 failed)")
 
 
 def test_report_files_and_warnings(experiment):
@@ -99,20 +108,49 @@ def test_report_files_and_warnings(experiment):
     messages = " ".join(str(w.message) for w in caught)
     assert "learned-s0: failed" in messages and "learned-s1: missing" in messages
     assert "sinusoidal-s1: diverged" in messages
-    assert {"csv", "md", "tex", "loss", "extrapolation", "scores"} <= set(written)
+    assert {"csv", "md", "tex", "comparisons", "noise", "loss", "extrapolation", "scores", "deltas"} <= set(written)
     md = written["md"].read_text()
-    assert "1 failed" in md and "1 missing" in md and "**" in md
+    assert md.index("## Verdict") < md.index("## Main metrics") and "1 failed" in md and "1 missing" in md
     assert r"\toprule" in written["tex"].read_text()
     table = pd.read_csv(written["csv"], index_col=0)
     assert table.loc["alibi", "extrapolation_4x|perplexity"] == pytest.approx(21.5)
+    comps = pd.read_csv(written["comparisons"])
+    assert list(comps.columns) == ["variant", "baseline", "metric", "n_seeds", "n_seeds_baseline", "mean",
+                                   "baseline_mean", "delta", "ci_low", "ci_high", "p_value", "p_adjusted",
+                                   "significant", "test"]
+    assert set(comps.variant) == {"alibi", "learned", "sinusoidal"} and (comps.baseline == "rope").all()
     assert all(p.stat().st_size > 5000 for k, p in written.items() if p.suffix == ".png")
+
+
+def test_chance_groups_and_averages(tmp_path):
+    """Chance is shown and normalised against; a task no variant lifts above chance is left out of
+    the average; an lm-eval group counts once, its subtasks not at all."""
+    root = tmp_path / "exp"
+    for position, good in (("rope", 0.9), ("alibi", 0.8)):
+        for seed in (0, 1, 2):
+            run = make_run(root, position, seed, acc=good + 0.01 * seed)
+            results = json.loads((run / "eval" / "probes.json").read_text())
+            results["results"].update({"coin": {"acc,none": 0.5 + 0.01 * seed, "acc_stderr,none": 0.02},
+                                       "grp": {"acc,none": 0.7, "acc_stderr,none": 0.01},
+                                       "grp_sub": {"acc,none": 0.2, "acc_stderr,none": 0.01}})
+            results.update(chance={"task_a": {"acc": 0.25}, "coin": {"acc": 0.5}}, group_subtasks={"grp": ["grp_sub"]})
+            (run / "eval" / "probes.json").write_text(json.dumps(results))
+    s = summarize(collect(root))
+    assert s.attrs["uninformative"] == ["coin|acc"]  # 0.50-0.52 against a chance of 0.5
+    assert s.attrs["average_tasks"] == ["grp|acc", "task_a|acc"]  # not coin, not grp_sub
+    assert s.loc["rope", "average|acc"] == pytest.approx(np.mean([0.7, 0.91]))
+    assert s.loc["rope", "average|acc_chance_adj"] == pytest.approx(np.mean([0.7, (0.91 - 0.25) / 0.75]))
+    text, _ = render(s, comparisons(s), noise(s, collect(root)))
+    assert "coin acc (chance 0.500, at chance: not averaged)" in text and "task_a acc (chance 0.250)" in text
+    assert "grp_sub" not in text.split("## Main metrics")[1].split("\n\n")[1]  # subtasks: CSV and LaTeX only
 
 
 def test_report_of_a_real_sweep(cache_dir, tmp_path):
     run_cli("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true", "eval=probes",
             "eval.probe_items=40", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"))
     out = run_cli("ablate.report", "experiment=default", f"results_dir={tmp_path}")
-    assert "ablate_agreement acc" in out.stdout and "average acc" in out.stdout
+    assert out.stdout.startswith("# default: 2 variants") and "## Verdict" in out.stdout
+    assert "agreement acc (chance 0.500" in out.stdout and "one run per variant, so training noise is unknown" in out.stdout
     table = pd.read_csv(tmp_path / "default" / "report" / "table.csv", index_col=0)
     assert set(table.index) == {"rope", "alibi"} and (table["seeds"] == 1).all()
     assert table["ablate_agreement|acc"].between(0, 1).all()
@@ -134,8 +172,8 @@ def test_stale_evaluations_are_listed_never_averaged(tmp_path):
     s = summarize(df, baseline="rope")
     assert s.loc["rope", "task_a|acc"] == pytest.approx(0.60) and s.loc["alibi", "task_a|acc"] == pytest.approx(0.70)
     assert s.loc["rope", "train|val_loss"] == pytest.approx(3.0)  # the runs themselves still count
-    shown, _ = render(s)
-    assert shown.loc["rope", "task_a acc"].endswith("[without 1 stale eval]")
+    _, full = render(s, comparisons(s), noise(s, df))
+    assert full.loc["rope", "task_a acc"].endswith("[without 1 stale eval]")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report(root)
@@ -170,3 +208,26 @@ def test_plots_draw_completed_runs_only_and_retries_are_shown(experiment):
     assert "learned-s0 (failed)" in note and "sinusoidal-s1 (diverged)" in note and "learned-s1 (missing)" in note
     s = summarize(df, baseline="rope")
     assert s.loc["nope", "runs"] == "1 completed (1 retried after diverging)"
+
+
+def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
+    """Real tiny runs, 3 seeds an arm. Null: Adam's eps at 1e-8 against 1.1e-8, a setting too small
+    to matter (eps only counts where sqrt(v) is near 1e-8, far below these gradients), with other
+    init seeds so the arms are as independent as two architectures' runs: no mark. Width: 32 against
+    128: the validation loss difference is marked."""
+    def sweep(name: str, *args: str) -> None:
+        run_cli("ablate.train", "-m", *tiny_overrides(cache_dir, tmp_path / name, "train.tokens=20480",
+                                                      "train.eval_every=0", *args))
+
+    sweep("same", "seed=0,1,2")
+    sweep("same", "optim.eps=1.1e-8", "seed=3,4,5")
+    sweep("width", "model.dim=32,128", "seed=0,1,2")
+    for name, marked in (("same", False), ("width", True)):
+        run_cli("ablate.report", f"path={tmp_path / name / 'default'}")
+        comps = pd.read_csv(tmp_path / name / "default" / "report" / "comparisons.csv").set_index("metric")
+        row = comps.loc["train|val_loss"]
+        assert (row.n_seeds, row.n_seeds_baseline, row.test) == (3, 3, "welch over runs")
+        assert bool(row.significant) is marked, (name, row.to_dict())
+    width = pd.read_csv(tmp_path / "width" / "default" / "report" / "comparisons.csv").set_index("metric")
+    width = width.loc["train|val_loss"]
+    assert width.delta < 0 and width.ci_high < 0  # the wider model's loss is lower, by a margin

@@ -182,7 +182,9 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
     agreement: BLiMP's fields (sentence_good, sentence_bad) plus phenomenon and distance, and the
                pair as `choices` (good first), which the task reads without a template.
     recall:    context ending in "ask KEY", choices = every value of the table, gold = the index.
-    copy:      context "copy : SPAN |", continuation " SPAN ." (scored token by token).
+    copy:      one row per word of a span: context "copy : SPAN | w1 .. w(j-1)", continuation " wj"
+               (so the score is per word: partial copies count), `item` and `position` say which;
+               n // 5 spans (at least 10) of 8-20 words, about 2.8 n rows.
     """
     lang = Language(seed)
     out: dict[str, list[dict]] = {"agreement": [], "recall": [], "copy": []}
@@ -200,11 +202,21 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
             choices = sorted({v for _, v in pairs})
             out["recall"].append({"context": context, "choices": choices, "gold": choices.index(value),
                                   "n_pairs": len(pairs)})
-    while len(out["copy"]) < n:
+    spans = 0
+    while spans < max(10, n // 5):
         span = lang.copy_span(lang.rng.randint(8, 20))
         if reserved(span):
-            out["copy"].append({"context": f"copy : {span} |", "continuation": f" {span} ."})
+            words = span.split()
+            out["copy"] += [{"context": f"copy : {span} |" + "".join(f" {w}" for w in words[:j]),
+                             "continuation": f" {words[j]}", "item": spans, "position": j}
+                            for j in range(len(words))]
+            spans += 1
     return out
+
+
+# Accuracy a model gets by guessing, per probe (agreement and recall: one over the number of
+# choices, computed from the items themselves; copy: one word of the copy lexicon at random).
+COPY_CHANCE = 1 / len(COPY_WORDS)
 
 
 def write_probes(directory: str | Path, seed: int = 1234, n: int = 500) -> dict[str, Path]:

@@ -1,0 +1,105 @@
+"""The report's statistics, calibrated by simulation through the same code the report runs
+(report.comparisons over stats.compare and stats.holm): under no true difference the family-wise
+rate of any mark stays at 5%; a planted difference is found; one run a side marks nothing."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from ablate import stats
+from ablate.report import Column, comparisons
+
+SIMULATIONS = 1000
+
+
+def simulated(arms: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A summary as report.summarize leaves it, for runs with the given values: arm -> (runs, metrics)."""
+    n_metrics = next(iter(arms.values())).shape[1]
+    columns = [Column(f"task{m}|acc", f"task{m} acc", True) for m in range(n_metrics)]
+    rows, runs = {}, {}
+    for arm, values in arms.items():
+        runs[arm] = [f"{arm}-{i}" for i in range(len(values))]
+        rows.update({name: row for name, row in zip(runs[arm], values)})
+    values = pd.DataFrame.from_dict(rows, orient="index", columns=[c.key for c in columns])
+    summary = pd.DataFrame(index=list(arms))
+    summary.attrs.update(baseline=next(iter(arms)), columns=columns, runs=runs, values=values,
+                         ses=values * math.nan, items={})
+    return summary
+
+
+def test_null_experiments_mark_nothing_at_the_stated_rate():
+    """1,000 experiments of 4 arms x 3 runs x 4 metrics (12 comparisons each), no true difference:
+    the share with any significant mark is at most 5% plus three Monte Carlo standard errors."""
+    rng = np.random.default_rng(0)
+    any_mark, raw = 0, 0
+    for _ in range(SIMULATIONS):
+        comps = comparisons(simulated({arm: rng.normal(0.5, 0.02, size=(3, 4)) for arm in "abcd"}))
+        assert comps.attrs["tests"] == 12 and (comps.test == "welch over runs").all()
+        any_mark += bool(comps.significant.any())
+        raw += int((comps.p_value < 0.05).sum())
+    rate = any_mark / SIMULATIONS
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / SIMULATIONS), rate
+    assert raw / (12 * SIMULATIONS) <= 0.06  # each Welch test alone holds its 5% (a little under, at 3 runs)
+
+
+def test_a_planted_difference_of_two_noise_sds_is_found():
+    """Baseline and one variant, 5 runs each, 3 metrics; the variant is 2 run-SDs better on one."""
+    rng = np.random.default_rng(1)
+    found = 0
+    for _ in range(SIMULATIONS):
+        variant = rng.normal(0.5, 0.02, size=(5, 3))
+        variant[:, 0] += 2 * 0.02
+        comps = comparisons(simulated({"base": rng.normal(0.5, 0.02, size=(5, 3)), "variant": variant}))
+        found += bool(comps[comps.metric == "task0|acc"].significant.iloc[0])
+    assert found / SIMULATIONS > 0.5, found / SIMULATIONS
+
+
+def test_one_run_a_side_marks_nothing():
+    rng = np.random.default_rng(2)
+    comps = comparisons(simulated({"base": rng.normal(0.5, 0.02, size=(1, 3)),
+                                   "variant": rng.normal(0.9, 0.02, size=(1, 3))}))
+    assert comps.significant.isna().all() and comps.attrs["tests"] == 0
+    assert (comps.test == "none: training noise unknown").all()
+
+
+def test_welch_matches_scipy_and_holm_the_textbook():
+    a, b = np.array([1.0, 1.2, 0.9, 1.1]), np.array([1.4, 1.6, 1.3])
+    result = stats.compare(a, b)
+    assert result.p_value == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert result.low < result.delta < result.high < 0 and result.decides
+    assert stats.holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+
+
+def test_paired_items_and_mcnemar():
+    """One run a side answering the same items: McNemar on the discordant ones, item-only."""
+    v = np.array([1.0] * 30 + [0.0] * 70)
+    b = np.array([1.0] * 10 + [0.0] * 90)
+    result = stats.compare(np.array([0.3]), np.array([0.1]), v[None], b[None])
+    assert result.test == "item-only, McNemar" and not result.decides
+    assert result.p_value == pytest.approx(scipy_stats.binomtest(20, 20, 0.5).pvalue)
+    # with runs, the paired item-set noise widens Welch's interval
+    runs_v, runs_b = np.array([0.30, 0.32, 0.31]), np.array([0.10, 0.11, 0.09])
+    plain = stats.compare(runs_v, runs_b)
+    paired = stats.compare(runs_v, runs_b, np.vstack([v] * 3), np.vstack([b] * 3))
+    assert paired.high - paired.low > plain.high - plain.low and paired.test.endswith("paired items")
+
+
+def test_noise_components_recover_known_parts():
+    rng = np.random.default_rng(3)
+    estimates = []
+    for _ in range(400):
+        grid = (rng.normal(0, 0.3, (6, 1)) + rng.normal(0, 0.1, (1, 6)) + rng.normal(0, 0.05, (6, 6)))
+        n = stats.noise_components(grid)
+        estimates.append((n.sd_init, n.sd_data, n.sd_residual))
+    init, data, resid = np.sqrt(np.mean(np.square(estimates), axis=0))
+    assert init == pytest.approx(0.3, rel=0.15) and data == pytest.approx(0.1, rel=0.25)
+    assert resid == pytest.approx(0.05, rel=0.15)
+
+
+def test_minimum_detectable_effect():
+    # 3 runs a side, SD 1: (t_0.975,4 + t_0.8,4) sqrt(2/3)
+    assert stats.mde(1.0, 3) == pytest.approx((2.776 + 0.941) * math.sqrt(2 / 3), rel=1e-3)
+    assert math.isnan(stats.mde(1.0, 1))
