@@ -258,7 +258,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             row.update({c.key: iv.mean, f"{c.key}|low": iv.low, f"{c.key}|high": iv.high, f"{c.key}|n": iv.n,
                         f"{c.key}|interval": iv.kind})
             if c.kind != "cost":
-                notes[(variant, c.key)] = _left_out(part, set(got.dropna().index), c.kind != "train")
+                notes[(variant, c.key)] = _left_out(part, set(got.dropna().index), c.kind != "train", c.key)
         table.append(row)
     out = pd.DataFrame(table).set_index("variant")
     out.attrs.update(baseline=baseline, columns=columns, runs=runs, values=values, ses=ses, groups=groups,
@@ -282,8 +282,10 @@ def _lifted(values: pd.DataFrame, ses: pd.DataFrame, runs: dict[str, list[str]],
     return False
 
 
-def _left_out(part: pd.DataFrame, used: set[str], evals: bool) -> str:
-    """Why the runs of a variant that a cell does not average are left out, e.g. "1 diverged, 1 stale eval"."""
+def _left_out(part: pd.DataFrame, used: set[str], evals: bool, key: str = "") -> str:
+    """Why the runs of a variant that a cell does not average are left out, e.g. "1 diverged, 1 stale eval"
+    ("not applicable": the evaluation measured nothing there, as learned positions beyond their length)."""
+    task, _, metric = key.partition("|")
     reasons = []
     for run, group in part.groupby("run", sort=True):
         if run in used:
@@ -291,6 +293,8 @@ def _left_out(part: pd.DataFrame, used: set[str], evals: bool) -> str:
         status = group.status.iloc[0]
         if status != "completed":
             reasons.append(status)
+        elif evals and ((group.task == task) & (group.metric == metric)).any():
+            reasons.append("not applicable")
         elif evals:
             reasons.append("stale eval" if group.metric.str.startswith("stale:").any() else "no eval")
     return ", ".join(f"{n} {r}" for r, n in pd.Series(reasons, dtype=object).value_counts().items())
@@ -404,7 +408,7 @@ def verdict(summary: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
             continue
         order = sorted(have, key=lambda v: have[v].mean(), reverse=c.higher_is_better)
         direction = "higher is better" if c.higher_is_better else "lower is better"
-        named = {v: f"{v} ({_fmt(x.mean())})" for v, x in have.items()}
+        named = {v: f"`{v}` ({_fmt(x.mean())})" for v, x in have.items()}
         if min(len(x) for x in have.values()) < 2:
             lines.append(f"**{c.label}** ({direction}): one run per variant, so training noise is unknown and no "
                          f"difference can be called real. By value: {', '.join(named[v] for v in order)}.")
@@ -420,8 +424,9 @@ def verdict(summary: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
                 groups.append([v])
         words = [("best: " if i == 0 else "then: ") + " = ".join(named[v] for v in g) for i, g in enumerate(groups)]
         tied = "; variants joined by = cannot be told apart" if any(len(g) > 1 for g in groups) else ""
-        k = min(len(x) for x in have.values())
-        lines.append(f"**{c.label}** ({direction}, {k}+ runs each): {'; '.join(words)}{tied} "
+        k = sorted({len(x) for x in have.values()})
+        runs_each = f"{k[0]} runs each" if len(k) == 1 else f"{k[0]} to {k[-1]} runs each"
+        lines.append(f"**{c.label}** ({direction}, {runs_each}): {'; '.join(words)}{tied} "
                      f"(pairwise Welch over runs, Holm-adjusted, 5%).")
     return lines
 
@@ -636,7 +641,8 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     summary = summarize(df, baseline)
     comps = comparisons(summary)
     noise_table = noise(summary, df)
-    text, full = render(summary, comps, noise_table, f"{experiment.path.name}: {len(summary)} variants")
+    count = f"{len(summary)} variant" + ("s" if len(summary) != 1 else "")
+    text, full = render(summary, comps, noise_table, f"{experiment.path.name}: {count}")
     written = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex",
                "comparisons": out / "comparisons.csv", "noise": out / "noise.csv"}
     written["md"].write_text(text)

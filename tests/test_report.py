@@ -150,7 +150,8 @@ def test_report_of_a_real_sweep(cache_dir, tmp_path):
             "eval.probe_items=40", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"))
     out = run_cli("ablate.report", "experiment=default", f"results_dir={tmp_path}")
     assert out.stdout.startswith("# default: 2 variants") and "## Verdict" in out.stdout
-    assert "agreement acc (chance 0.500" in out.stdout and "one run per variant, so training noise is unknown" in out.stdout
+    assert "agreement acc (chance 0.500" in out.stdout
+    assert "one run per variant, so training noise is unknown" in out.stdout
     table = pd.read_csv(tmp_path / "default" / "report" / "table.csv", index_col=0)
     assert set(table.index) == {"rope", "alibi"} and (table["seeds"] == 1).all()
     assert table["ablate_agreement|acc"].between(0, 1).all()
