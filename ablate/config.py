@@ -296,6 +296,24 @@ class CostConfig:
 
 
 @dataclass
+class FairnessConfig:
+    """What the plan's fairness check (ablate.fairness) may take as asked for."""
+
+    axis: list[str] = field(default_factory=list)  # fields the experiment declares part of its axis (or "params")
+    param_tolerance: float = 0.01  # a wider spread of non-embedding parameters is a confound
+
+
+@dataclass
+class TuneConfig:
+    """`+tune=lr`: before the experiment's seeds, each arm trains once at base LR x every
+    multiplier; its seeds then run at the LR with the lowest validation loss."""
+
+    lr_multipliers: list[float] = field(default_factory=list)  # empty: no tuning
+    tokens: int | None = None  # each tuning run's budget; null: the experiment's train.tokens
+    seed: int = 0  # the init seed of the tuning runs (the data order is each arm's first job's)
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs; what config.yaml in a run directory holds."""
 
@@ -310,6 +328,8 @@ class RunConfig:
     results_dir: str = operational("results")
     plan: bool = operational(False)  # with -m: list the jobs and their cost, launch nothing
     cost: CostConfig = operational(factory=CostConfig)
+    fairness: FairnessConfig = operational(factory=FairnessConfig)
+    tune: TuneConfig = operational(factory=TuneConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -350,6 +370,12 @@ class RunConfig:
             raise ConfigError("optim.lr", o.lr, "must be positive")
         if not 0 <= o.min_lr_ratio <= 1:
             raise ConfigError("optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+        if any(m <= 0 for m in self.tune.lr_multipliers):
+            raise ConfigError("tune.lr_multipliers", self.tune.lr_multipliers, "must all be positive")
+        if self.tune.tokens is not None and self.tune.tokens < t.batch_tokens:
+            raise ConfigError("tune.tokens", self.tune.tokens, f"smaller than one batch ({t.batch_tokens} tokens)")
+        if not 0 <= self.fairness.param_tolerance < 1:
+            raise ConfigError("fairness.param_tolerance", self.fairness.param_tolerance, "must be in [0, 1)")
         if self.data.tokenizer == "bpe" and self.data.vocab_size < 257:
             raise ConfigError("data.vocab_size", self.data.vocab_size,
                               "a byte-level BPE needs at least 257 ids (256 bytes and <|endoftext|>)")

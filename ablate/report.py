@@ -3,18 +3,19 @@ and plots whose every mark survives seed noise and multiple comparisons.
 
     ablate-report experiment=positions [results_dir=results] [baseline=rope]
 
-Writes results/<experiment>/report/: table.md (the verdict, then a narrow table of the main metrics
-and costs, length extrapolation, noise), table.csv and table.tex (every column), comparisons.csv
-(each variant against the baseline, per metric: the difference, its interval, p, Holm-adjusted p,
-the test), noise.csv (per metric: the noise of a run by source, signal-to-noise, the smallest
-difference the seeds could detect), loss.png, extrapolation.png, scores.png, deltas.png; prints
-table.md. Works on any run directories, complete or not: failed, diverged, running and missing
-runs, stale evaluations and runs without one appear as such and are never averaged in.
+Writes results/<experiment>/report/: table.md (what the arms hold equal and any confound, from the
+sweep's fairness.json; the verdict; each arm's chosen LR under +tune=lr; then a narrow table of the
+main metrics and costs, length extrapolation, stability, noise), table.csv and table.tex (every
+column), comparisons.csv (each variant against the baseline, per metric: the difference, its
+interval, p, Holm-adjusted p, the test), noise.csv (per metric: the noise of a run by source,
+signal-to-noise, the smallest difference the seeds could detect), loss.png, extrapolation.png,
+scores.png, deltas.png, lr_sensitivity.png (+tune=lr); prints table.md. Works on any run
+directories, complete or not: failed, diverged, running and missing runs, stale evaluations and runs
+without one appear as such and are never averaged in.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import warnings
@@ -27,7 +28,7 @@ import pandas as pd
 
 from ablate import stats
 from ablate.cli import command, key_values
-from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, attention_family
+from ablate.fairness import variant_name, varying
 from ablate.registry import ConfigError
 from ablate.rundir import ExperimentDir, RunDir, flatten
 
@@ -35,6 +36,9 @@ from ablate.rundir import ExperimentDir, RunDir, flatten
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
 COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
         "kv_bytes_per_token": "KV bytes/token", "tokens_per_s": "tokens/s", "wall_time_s": "wall time (s)"}
+# recorded per run, shown per variant, never tested (a count of rare events is no metric to rank by)
+STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "max_attn_logit": "max attn logit"}
+UNTESTED = ("cost", "stability")
 HIGHER_IS_BETTER = {"acc": True, "acc_chance_adj": True, "perplexity": False, "word_perplexity": False,
                     "val_loss": False}
 
@@ -62,6 +66,8 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     configs = {run.name: flatten(run.read_config()) for run in runs}
     missing = {name: cfg for name, cfg in planned.items() if name not in configs}
     axes = varying([*configs.values(), *missing.values()])
+    if root.tuning() is not None:  # each arm at its own LR: the LR names no arm
+        axes = [a for a in axes if a != "optim.lr"]
     rows: list[dict[str, Any]] = [
         {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "data_seed": cfg.get("data.seed", 0),
          "variant": variant_name(cfg, axes), "task": "eval", "metric": "missing", "value": math.nan,
@@ -76,7 +82,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
         summary = run.summary() or {"status": "never started"}
         base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
                 "data_seed": cfg.get("data.seed", 0), "variant": variant_name(cfg, axes)}
-        for key in ("val_loss", "val_ppl", "train_loss", *COST):
+        for key in ("val_loss", "val_ppl", "train_loss", *COST, *STABILITY):
             if key in summary:
                 rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
         diverged = sum(a.get("status") == "diverged" for a in summary.get("attempts", []))
@@ -115,36 +121,6 @@ def _eval_rows(base: dict[str, Any], results: dict[str, Any]) -> list[dict[str, 
             stderr = metrics.get(key.replace(",", "_stderr,", 1))
             rows.append({**base, "task": task, "metric": metric, "value": _num(value), "stderr": _num(stderr)})
     return rows
-
-
-def varying(configs) -> list[str]:
-    """Config fields whose values differ between runs: what the experiment varies. The seeds are
-    replicates, kept apart; fields that change nothing computed (operational), name the run
-    (identity) or are set by ablate itself (derived, like the vocabulary from the tokenizer) are
-    never an axis."""
-    configs = list(configs)
-    skip = (*REPLICATE, *OPERATIONAL, *IDENTITY, *DERIVED)
-    keys = sorted({k for c in configs for k in c if not k.startswith(skip)})
-    return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
-
-
-def variant_name(cfg: dict[str, Any], axes: list[str]) -> str:
-    """A short label: the choice itself for named choices (alibi, sandwich), the attention family
-    for kv heads (mha, gqa2, mqa), key=value otherwise."""
-    if not axes:
-        return "all"
-    return ", ".join(_label(cfg, k) for k in axes)
-
-
-def _label(cfg: dict[str, Any], key: str) -> str:
-    value, last = cfg.get(key), key.split(".")[-1]
-    if key == "model.attention.n_kv_heads":
-        return attention_family(cfg.get("model.attention.n_heads"), value)
-    if last in ("kind", "placement") and isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return last if value else f"no {last}"
-    return f"{last}={value}"
 
 
 def _num(x: Any) -> float:
@@ -187,6 +163,8 @@ def _columns(df: pd.DataFrame) -> list[Column]:
         cols.append(Column(f"{task}|{metric}", f"{task.removeprefix('ablate_')} {metric}",
                            HIGHER_IS_BETTER.get(metric, True), chance.get(task) if metric == "acc" else None, kind))
     cols += [Column(f"train|{key}", name, key == "tokens_per_s", kind="cost") for key, name in COST.items()]
+    have = set(df.metric[df.task == "train"])
+    cols += [Column(f"train|{key}", name, False, kind="stability") for key, name in STABILITY.items() if key in have]
     return cols
 
 
@@ -257,7 +235,7 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan)
             row.update({c.key: iv.mean, f"{c.key}|low": iv.low, f"{c.key}|high": iv.high, f"{c.key}|n": iv.n,
                         f"{c.key}|interval": iv.kind})
-            if c.kind != "cost":
+            if c.kind not in UNTESTED:
                 notes[(variant, c.key)] = _left_out(part, set(got.dropna().index), c.kind != "train", c.key)
         table.append(row)
     out = pd.DataFrame(table).set_index("variant")
@@ -331,7 +309,7 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
         if variant == base:
             continue
         for c in summary.attrs["columns"]:
-            if c.kind == "cost" or c.key not in values:
+            if c.kind in UNTESTED or c.key not in values:
                 continue
             v, b = values.reindex(runs[variant])[c.key], values.reindex(runs[base])[c.key]
             sv = ses.reindex(runs[variant])[c.key] if c.key in ses else v * math.nan
@@ -369,7 +347,7 @@ def noise(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     seeds = df.drop_duplicates("run").set_index("run")[["seed", "data_seed"]]
     rows = []
     for c in summary.attrs["columns"]:
-        if c.kind == "cost" or c.key not in values:
+        if c.kind in UNTESTED or c.key not in values:
             continue
         variances, dfs, components, means = [], [], [], []
         for names in runs.values():
@@ -444,9 +422,10 @@ def _verdict_columns(summary: pd.DataFrame) -> list[Column]:
 
 # ---- rendering ----------------------------------------------------------------------------------
 def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame,
-           title: str = "") -> tuple[str, pd.DataFrame]:
-    """table.md's text (verdict, main table, extrapolation, noise, legend) and the full table of
-    strings (every column) for LaTeX."""
+           title: str = "", fairness: list[str] = (), tuning: list[str] = ()) -> tuple[str, pd.DataFrame]:
+    """table.md's text (what the arms hold equal, the verdict, the chosen LRs, main table,
+    extrapolation, stability, noise, legend) and the full table of strings (every column) for
+    LaTeX."""
     base, notes = summary.attrs["baseline"], summary.attrs.get("notes", {})
     marks = {(r.variant, r.metric): r for r in comps.itertuples()}
     one_run = int(summary.seeds.min()) < 2
@@ -457,7 +436,7 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
         note = notes.get((variant, c.key))
         if not math.isfinite(v):
             return f"n/a ({note})" if note else "n/a"
-        if c.kind == "cost":
+        if c.kind in UNTESTED:
             return _fmt(v)
         text = _fmt(v) + (f" ± {_fmt((high - low) / 2)}" if math.isfinite(low) else "")
         r = marks.get((variant, c.key))
@@ -478,14 +457,27 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
             or (c.kind == "task" and c.key.split("|")[0] not in subtasks)]
     narrow = full[["runs", *[header(c) for c in main]]]
     extra = [c for c in columns if c.kind == "extrapolation"]
-    lines = [f"# {title}" if title else "", "## Verdict", ""]
+    lines = [f"# {title}" if title else ""]
+    if fairness:
+        lines += ["## Fairness", "", *[f"- {line}" for line in fairness], ""]
+    lines += ["## Verdict", ""]
     lines += [f"- {line}" for line in verdict(summary, comps)] or ["- nothing to compare"]
+    if tuning:
+        lines += ["", *tuning]
     lines += ["", f"## Main metrics (baseline `{base}`)", "", narrow.to_markdown()]
     if extra:
         ex = pd.DataFrame({c.key.split("|")[0].split("_")[-1]: [cell(v, c) for v in summary.index] for c in extra},
                           index=summary.index)
         lines += ["", "## Length extrapolation (perplexity at multiples of the training length)", "",
                   ex.to_markdown()]
+    stable = [c for c in columns if c.kind == "stability"]
+    if stable:
+        st = pd.DataFrame({c.label: [cell(v, c) for v in summary.index] for c in stable}, index=summary.index)
+        st.insert(0, "runs", summary["runs"])
+        lines += ["", "## Stability (means over completed runs)", "", st.to_markdown(), "",
+                  "A loss spike: a step whose loss exceeds 1.2x the median of the 50 steps before it; a grad-norm "
+                  "spike: 5x. Max attn logit: the largest |q.k| x scale (before position bias and soft-cap) on the "
+                  "first validation batch of the final model."]
     if not noise_table.empty:
         shown = noise_table.set_index("metric").map(_fmt)
         lines += ["", "## Noise per metric", "", shown.to_markdown()]
@@ -523,6 +515,92 @@ def _fmt(x: float) -> str:
     if abs(x) >= 100:
         return f"{x:.0f}"
     return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}"
+
+
+def fairness_lines(experiment: ExperimentDir) -> list[str]:
+    """What the sweep's plan found the arms hold equal, and each confound (ablate.fairness)."""
+    found = experiment.fairness()
+    if found is None:
+        return ["not planned by `ablate-train -m`: the arms were not checked for confounds"]
+    lines = [f"**{c}**" for c in found.get("confounds", [])]
+    if not lines and len(found.get("arms", [])) > 1:
+        axes = ", ".join(f"`{a}`" for a in found.get("axes", [])) or "nothing"
+        lines.append(f"no confound: the arms' configs differ only in {axes}")
+    return lines + found.get("notes", [])
+
+
+def tuning_lines(experiment: ExperimentDir, summary: pd.DataFrame) -> list[str]:
+    """+tune=lr: each arm's chosen LR, and whether the arms rank the same at the shared base LR."""
+    from ablate import tune
+
+    found = experiment.tuning()
+    if found is None:
+        return []
+    choices = [tune.Choice.from_dict(a) for a in found["arms"]]
+    base = found["base_lr"]
+    lines = ["## Learning rate, per arm", "",
+             f"Each arm trained once (seed {found['seed']}, {found['tokens']:,} tokens) at {base:g} x "
+             f"{', '.join(f'{m:g}' for m in found['multipliers'])}; its seeds ran at the LR with the lowest final "
+             f"validation loss (lr_sensitivity.png).", ""]
+    rows = {c.arm: {"chosen LR": f"{c.lr:g}" + (f" (at the {c.edge} end of the grid)" if c.edge else ""),
+                    "largest LR not diverged": "none" if c.max_stable_lr is None else f"{c.max_stable_lr:g}",
+                    **{f"val_loss @ {lr:g}": "diverged" if math.isinf(v) else f"{v:.4f}"
+                       for lr, v in zip(c.lrs, c.val_loss)}} for c in choices}
+    lines += [pd.DataFrame(rows).T.to_markdown(), ""]
+    at_base = {c.arm: c.val_loss[c.lrs.index(base)] for c in choices if base in c.lrs}
+    tuned = summary["train|val_loss"].dropna() if "train|val_loss" in summary else pd.Series(dtype=float)
+    arms = [a for a in at_base if a in tuned.index]
+    if len(arms) > 1:
+        order_base = sorted(arms, key=lambda a: at_base[a])
+        order_tuned = sorted(arms, key=lambda a: tuned[a])
+        same = order_base == order_tuned
+        lines.append(f"By validation loss, at each arm's own LR: {' < '.join(order_tuned)}; at the shared base LR "
+                     f"{base:g} (one run an arm): {' < '.join(order_base)}. "
+                     + ("The same order: giving each arm its own LR does not change the ranking."
+                        if same else "**A different order: at one shared LR this comparison would have said "
+                        "something else.**"))
+    else:
+        lines.append("The base LR is not in the grid, or too few arms finished: no comparison at the shared LR.")
+    edges = [c.arm for c in choices if c.edge]
+    if edges:
+        lines.append(f"**{', '.join(edges)}: best at the edge of the grid; widen tune.lr_multipliers to find "
+                     f"the optimum.**")
+    return lines
+
+
+def plot_lr_sensitivity(experiment: ExperimentDir, out: Path) -> Path | None:
+    """Final validation loss against LR, one line per arm; diverged runs as x at the top, the chosen
+    LR as a star."""
+    from ablate import tune
+
+    found = experiment.tuning()
+    if found is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    choices = [tune.Choice.from_dict(a) for a in found["arms"]]
+    finite = [v for c in choices for v in c.val_loss if math.isfinite(v)]
+    top = max(finite) * 1.02 if finite else 1.0
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in choices:
+        ok = [(lr, v) for lr, v in zip(c.lrs, c.val_loss) if math.isfinite(v)]
+        line, = ax.plot([p[0] for p in ok], [p[1] for p in ok], marker="o", label=c.arm)
+        bad = [lr for lr, v in zip(c.lrs, c.val_loss) if not math.isfinite(v)]
+        if bad:
+            ax.scatter(bad, [top] * len(bad), marker="x", color=line.get_color())
+        best = dict(ok).get(c.lr)
+        if best is not None:
+            ax.scatter([c.lr], [best], marker="*", s=150, color=line.get_color(), zorder=3)
+    ax.axvline(found["base_lr"], color="grey", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="final validation loss",
+           title="LR sensitivity (one run per point; star: chosen; x: diverged; dashed: base LR)")
+    ax.legend(fontsize=8)
+    path = _save(fig, out / "lr_sensitivity.png")
+    plt.close(fig)
+    return path
 
 
 # ---- plots --------------------------------------------------------------------------------------
@@ -642,7 +720,8 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     comps = comparisons(summary)
     noise_table = noise(summary, df)
     count = f"{len(summary)} variant" + ("s" if len(summary) != 1 else "")
-    text, full = render(summary, comps, noise_table, f"{experiment.path.name}: {count}")
+    text, full = render(summary, comps, noise_table, f"{experiment.path.name}: {count}",
+                        fairness_lines(experiment), tuning_lines(experiment, summary))
     written = {"md": out / "table.md", "csv": out / "table.csv", "tex": out / "table.tex",
                "comparisons": out / "comparisons.csv", "noise": out / "noise.csv"}
     written["md"].write_text(text)
@@ -651,8 +730,9 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     noise_table.to_csv(written["noise"], index=False)
     tex = full.to_latex(escape=True)  # booktabs rules
     written["tex"].write_text(tex.replace("±", r"$\pm$"))
-    for path in plot(experiment.path, df, summary, comps, out):
-        written[path.stem] = path
+    for path in [*plot(experiment.path, df, summary, comps, out), plot_lr_sensitivity(experiment, out)]:
+        if path is not None:
+            written[path.stem] = path
     print(text)
     return written
 

@@ -297,6 +297,8 @@ class ExperimentDir:
         jobs.txt        one line of overrides per job (what a Slurm job array reads)
         runs.jsonl      every run the sweep expects, with its config, in the sweep's order
         multirun.yaml   the sweep's composed config
+        fairness.json   what the arms hold equal and every confound the plan found
+        tune/, tune.json  +tune=lr: the tuning runs, and each arm's chosen LR
         report/         ablate-report's tables and plots
     """
 
@@ -319,15 +321,40 @@ class ExperimentDir:
     def report_dir(self) -> Path:
         return self.path / "report"
 
+    @property
+    def fairness_file(self) -> Path:
+        """What the arms hold equal and every confound, as the sweep's plan found them."""
+        return self.path / "fairness.json"
+
+    @property
+    def tune_file(self) -> Path:
+        """+tune=lr: the LR grid, every tuning run's result and each arm's choice."""
+        return self.path / "tune.json"
+
+    @property
+    def tune_dir(self) -> Path:
+        """+tune=lr: the tuning runs (an experiment directory of its own)."""
+        return self.path / "tune"
+
+    def fairness(self) -> dict[str, Any] | None:
+        return read_json(self.fairness_file)
+
+    def tuning(self) -> dict[str, Any] | None:
+        return read_json(self.tune_file)
+
     def runs(self) -> list[RunDir]:
         """The run directories, by name."""
         if not self.path.is_dir():
             return []
         return [RunDir(p) for p in sorted(self.path.iterdir()) if RunDir(p).is_run()]
 
+    def write_jobs(self, lines: list[str]) -> None:
+        """jobs.txt alone: what can run now, one line of overrides per job."""
+        write_text(self.jobs_file, "".join(line + "\n" for line in lines))
+
     def write_plan(self, jobs: list[tuple[str, str, dict[str, Any]]]) -> None:
         """The sweep's jobs, in its order: (overrides as one shell line, run name, config)."""
-        write_text(self.jobs_file, "".join(line + "\n" for line, _, _ in jobs))
+        self.write_jobs([line for line, _, _ in jobs])
         write_text(self.planned_file, "".join(json.dumps({"run": run, "config": config}) + "\n"
                                               for _, run, config in jobs))
 

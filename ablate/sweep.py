@@ -8,11 +8,16 @@
 3. Runs already completed are not launched again (unless train.eval_at_end asks for evaluations
    they lack: then the job only evaluates); unfinished ones are, and resume. A diverged run stays
    diverged unless train.retry_diverged=true.
+
+It also prints (and writes to fairness.json) what the arms hold equal and every confound
+(ablate.fairness), and with `+tune=lr` runs each arm's LR grid first and the jobs at the LR each
+arm chose (ablate.tune).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +30,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ablate.cli import run_config
+from ablate import fairness, tune
+from ablate.cli import run_config, user_errors
 from ablate.config import RunConfig
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
-from ablate.rundir import ExperimentDir, RunDir
+from ablate.rundir import ExperimentDir, RunDir, RunError, write_json
 
 log = logging.getLogger("ablate.sweep")
 
@@ -79,6 +85,10 @@ class PlanningSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
+        with user_errors():  # a bad job, an unknown task, an LR swept and tuned: one line, exit 2
+            return self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> Any:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -88,24 +98,92 @@ class PlanningSweeper(Sweeper):
         jobs = [self._job(job) for job in grid]  # raises on the first bad combination
         check_eval_tasks(jobs)
         sweep = ExperimentDir(self.config.hydra.sweep.dir)
-        sweep.write_plan([(" ".join(shlex.quote(o) for o in j.overrides if not o.startswith("plan=")),
-                           j.run_dir.name, j.config.to_dict()) for j in jobs])
-        print(plan_table(jobs, self.config))
+        fair = fairness.check([j.overrides for j in jobs], [j.config for j in jobs])
+        write_json(sweep.fairness_file, fair.to_dict())
+        print("\n".join(fair.lines() or ["fairness: one arm, nothing to compare"]))
+        tuning = self._tuning_jobs(jobs) if jobs[0].config.tune.lr_multipliers else []
+        chosen = self._choices(tuning) if tuning and not any(j.launch for _, j in tuning) else None
+        if tuning:
+            print(plan_table([j for _, j in tuning], self.config, "LR tuning (one run per arm and LR)"))
+        if chosen:
+            jobs = self._at_chosen_lrs(jobs, chosen, sweep)
+        print(plan_table(jobs, self.config, "after tuning, at each arm's chosen LR" if tuning and not chosen else ""))
         if self.config.get("plan", False):
+            if tuning and not chosen:  # only the tuning can run now (a job array reads jobs.txt)
+                sweep.write_jobs([_line(j) for _, j in tuning])
+                print(f"{sweep.jobs_file} lists the {len(tuning)} tuning jobs; once they have finished, --plan "
+                      "again lists the experiment's jobs at the chosen LRs")
+            else:
+                self._write_plan(sweep, jobs)
             return []
+        returns, start = [], 0
+        if tuning and not chosen:
+            returns += self._launch([j.overrides for _, j in tuning if j.launch], start)
+            start = len(tuning)
+            tuning = [(arm, self._job(j.overrides)) for arm, j in tuning]
+            jobs = self._at_chosen_lrs(jobs, self._choices(tuning), sweep)
+        self._write_plan(sweep, jobs)
         todo = [j.overrides for j in jobs if j.launch]
         skipped = len(jobs) - len(todo)
         if skipped:
             log.info("%d of %d runs completed or diverged: not launched again", skipped, len(jobs))
         OmegaConf.save(self.config, sweep.sweep_config_file)
+        return returns + self._launch(todo, start)
+
+    def _launch(self, todo: list[list[str]], start: int) -> list[Any]:
         returns, size = [], self.max_batch_size or len(todo) or 1
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            results = self.launcher.launch(batch, initial_job_idx=start)
+        for first in range(0, len(todo), size):
+            batch = todo[first:first + size]
+            results = self.launcher.launch(batch, initial_job_idx=start + first)
             for r in results:
                 _ = r.return_value  # raise if a job failed
             returns.append(results)
         return returns
+
+    def _write_plan(self, sweep: ExperimentDir, jobs: list[Job]) -> None:
+        sweep.write_plan([(_line(j), j.run_dir.name, j.config.to_dict()) for j in jobs])
+
+    # ---- +tune=lr ---------------------------------------------------------------------------------
+    def _tuning_jobs(self, jobs: list[Job]) -> list[tuple[str, Job]]:
+        """(arm, job) for every arm and LR of the grid; the runs go to <experiment>/tune/."""
+        swept = fairness.swept([j.overrides for j in jobs])
+        if "optim.lr" in swept:
+            raise ConfigError("optim.lr", ",".join(swept["optim.lr"]), "is swept and tuned at once: +tune=lr picks "
+                              "each arm's LR itself; sweep optim.lr without +tune=lr, or drop it from the sweep")
+        names = fairness.arm_names([j.config for j in jobs])
+        firsts = {name: job for name, job in reversed(list(zip(names, jobs)))}
+        out = []
+        for name in dict.fromkeys(names):
+            job = firsts[name]
+            for lr in tune.lr_grid(job.config.optim.lr, job.config.tune):
+                overrides = tune.tuning_overrides(job.overrides, job.config.tune, lr)
+                run_name = self._job(overrides).config.run_name
+                out.append((name, self._job([*overrides, f"run_name='tune/{run_name}'"])))
+        return out
+
+    def _choices(self, tuning: list[tuple[str, Job]]) -> dict[str, tune.Choice]:
+        """Each arm's LR from its finished tuning runs; RunError if one did not finish."""
+        unfinished = [str(j.run_dir) for _, j in tuning if j.status not in ("completed", "diverged")]
+        if unfinished:
+            raise RunError(f"tuning runs did not finish, so no LR can be chosen: {', '.join(unfinished)}; "
+                           "run the sweep again to resume them")
+        results: dict[str, list] = {}
+        for arm, job in tuning:
+            summary = RunDir(job.run_dir).summary() or {}
+            results.setdefault(arm, []).append((job.config.optim.lr, job.status,
+                                                float(summary.get("val_loss", math.nan)), job.run_dir.name))
+        return {arm: tune.choose(arm, found) for arm, found in results.items()}
+
+    def _at_chosen_lrs(self, jobs: list[Job], chosen: dict[str, tune.Choice], sweep: ExperimentDir) -> list[Job]:
+        """The experiment's jobs at each arm's chosen LR; tune.json written, each choice printed."""
+        names = fairness.arm_names([j.config for j in jobs])
+        base = jobs[0].config
+        write_json(sweep.tune_file, {"base_lr": base.optim.lr, "multipliers": base.tune.lr_multipliers,
+                                     "tokens": base.tune.tokens or base.train.tokens, "seed": base.tune.seed,
+                                     "arms": [c.to_dict() for c in chosen.values()]})
+        print("chosen learning rates (lowest final validation loss):")
+        print("\n".join(f"  {tune.describe(c)}" for c in chosen.values()))
+        return [self._job([*j.overrides, f"optim.lr={chosen[name].lr:.6g}"]) for name, j in zip(names, jobs)]
 
     def _job(self, overrides: Sequence[str]) -> Job:
         """Compose and validate one job of the grid."""
@@ -127,6 +205,11 @@ class PlanningSweeper(Sweeper):
         return Job(list(overrides), run, run_dir.path, status)
 
 
+def _line(job: Job) -> str:
+    """A job's overrides as one shell line (what jobs.txt holds)."""
+    return " ".join(shlex.quote(o) for o in job.overrides if not o.startswith("plan="))
+
+
 def check_eval_tasks(jobs: list[Job]) -> None:
     """The tasks of jobs that evaluate at the end must exist before anything is launched."""
     tasks = sorted({t for j in jobs if j.config.train.eval_at_end and j.launch
@@ -140,7 +223,7 @@ def check_eval_tasks(jobs: list[Job]) -> None:
             raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- nothing was launched") from None
 
 
-def plan_table(jobs: list[Job], config: Any) -> str:
+def plan_table(jobs: list[Job], config: Any, title: str = "") -> str:
     """Jobs, run dirs, state and cost; the GPU-hours assume the stated GPU FLOP/s and MFU."""
     cost = config.get("cost", {})
     flops, mfu = float(cost.get("gpu_tflops", 989.0)) * 1e12, float(cost.get("mfu", 0.4))
@@ -152,7 +235,8 @@ def plan_table(jobs: list[Job], config: Any) -> str:
         status = job.status if job.launch or job.status == "completed" else f"{job.status} (kept)"
         lines.append(f"{i:>3}  {status:<11} {f.params / 1e6:8.2f}M  {f.flops_per_token:10.3g}  "
                      f"{job.config.train.tokens:>12,}  {hours:9.3g}  {job.run_dir}")
-    header = (f"{len(jobs)} jobs; cost at {flops / 1e12:g} TFLOP/s per GPU and {mfu:.0%} MFU "
+    title = f"{title}: " if title else ""
+    header = (f"{title}{len(jobs)} jobs; cost at {flops / 1e12:g} TFLOP/s per GPU and {mfu:.0%} MFU "
               f"(cost.gpu_tflops, cost.mfu)\n  #  status      params    FLOPs/tok        tokens  GPU-hours  run dir")
     todo = sum(j.launch for j in jobs)
     kept = sum(j.status == "diverged" and not j.launch for j in jobs)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -32,10 +33,14 @@ from ablate.data.batches import Batches, validation_batches
 from ablate.data.tokens import TokenData, prepare
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
+from ablate.optimizer import build_optimizer
 from ablate.rundir import RunDir, RunDirError, flatten
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
+# Stability: a step is a spike when its loss exceeds LOSS_SPIKE x, or its gradient norm GRAD_SPIKE x,
+# the median of the previous SPIKE_WINDOW steps (counted once SPIKE_MIN_HISTORY steps are there).
+LOSS_SPIKE, GRAD_SPIKE, SPIKE_WINDOW, SPIKE_MIN_HISTORY = 1.2, 5.0, 50, 10
 
 
 @dataclass
@@ -48,6 +53,19 @@ class State:
     last_loss: float = math.nan
     val_loss: float = math.nan
     rates: list[float] = field(default_factory=list)
+    loss_spikes: int = 0
+    grad_spikes: int = 0
+    recent_losses: list[float] = field(default_factory=list)  # the last SPIKE_WINDOW steps
+    recent_grads: list[float] = field(default_factory=list)
+
+    def note_step(self, loss: float, grad_norm: float) -> None:
+        """Count loss and gradient-norm spikes against the running medians (see LOSS_SPIKE)."""
+        for value, recent, factor, counter in ((loss, self.recent_losses, LOSS_SPIKE, "loss_spikes"),
+                                               (grad_norm, self.recent_grads, GRAD_SPIKE, "grad_spikes")):
+            if len(recent) >= SPIKE_MIN_HISTORY and value > factor * statistics.median(recent):
+                setattr(self, counter, getattr(self, counter) + 1)
+            recent.append(value)
+            del recent[:-SPIKE_WINDOW]
 
 
 # ---- the run, as a table of contents ------------------------------------------------------------
@@ -81,7 +99,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     device, autocast = pick_device(cfg)
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model).to(device)
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg.optim)
     state = maybe_resume(run, model, opt, dist)
     if dist.is_main:
         run.write_config(cfg.to_dict())
@@ -157,7 +175,7 @@ class Runner:
         start = time.perf_counter()
         lr = lr_at(step, self.total_steps, cfg)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         micro = list(self.batches.micro_batches(step, self.batch_seqs, cfg.train.micro_batch,
                                                 self.dist.rank, self.dist.world))
         loss_sum = torch.zeros((), device=self.device)
@@ -178,6 +196,7 @@ class Runner:
         s.step, s.tokens, s.last_loss = step + 1, s.tokens + cfg.train.batch_tokens, loss
         s.elapsed_s += seconds
         s.rates.append(cfg.train.batch_tokens / seconds)
+        s.note_step(loss, grad_norm)
         return {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": round(cfg.train.batch_tokens / seconds, 1), "elapsed_s": round(s.elapsed_s, 3)}
 
@@ -214,7 +233,8 @@ class Runner:
 
     def finish(self) -> dict[str, Any]:
         self.save()
-        return self.write_summary("completed")
+        logit = max_attention_logit(self.model, self.data, self.cfg, self.device, self.autocast)
+        return self.write_summary("completed", max_attn_logit=logit)
 
     def diverged(self, record: dict[str, Any]) -> dict[str, Any]:
         """A NaN / inf loss: stop, keep the last good checkpoint, say where."""
@@ -266,7 +286,8 @@ class Runner:
             "val_ppl": math.exp(s.val_loss) if math.isfinite(s.val_loss) else math.nan,
             "tokens_per_s": sum(rates) / len(rates) if rates else math.nan, "wall_time_s": s.elapsed_s,
             "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world,
-            "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32", **extra,
+            "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32",
+            "loss_spikes": s.loss_spikes, "grad_spikes": s.grad_spikes, **extra,
         }
         if self.attempts:
             summary["attempts"] = self.attempts
@@ -292,22 +313,6 @@ def lr_at(step: int, total: int, cfg: RunConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)
 
 
-def build_optimizer(model: Transformer, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only, unless the config extends it to norms, biases and embeddings."""
-    o = cfg.optim
-    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if id(p) in embeddings:
-            (decay if o.decay_embeddings else no_decay).append(p)
-        elif p.dim() < 2:
-            (decay if o.decay_norms_and_biases else no_decay).append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-
-
 @torch.no_grad()
 def validation_loss(model: Transformer, data: TokenData, cfg: RunConfig, device: torch.device, autocast) -> float:
     """Mean token loss over the whole held-out split."""
@@ -322,6 +327,25 @@ def validation_loss(model: Transformer, data: TokenData, cfg: RunConfig, device:
         count += y.numel()
     model.train(was_training)
     return total / count
+
+
+@torch.no_grad()
+def max_attention_logit(model: Transformer, data: TokenData, cfg: RunConfig, device: torch.device, autocast) -> float:
+    """The largest attention logit of the model on the first validation batch (Attention.max_logit)."""
+    was_training = model.training
+    model.eval()
+    found: list[float] = []
+    hooks = [m.register_forward_hook(lambda m, args, out: found.append(m.max_logit(*args)))
+             for m in model.modules() if hasattr(m, "max_logit")]
+    try:
+        x, _ = next(iter(validation_batches(data.val, cfg.seq_len, cfg.train.micro_batch)))
+        with autocast:
+            model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return max(found)
 
 
 def axes(model: ModelConfig) -> dict[str, Any]:

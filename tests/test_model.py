@@ -282,3 +282,47 @@ def test_each_component_owns_its_init():
     assert bool((model.blocks[0].mlp.w_out.weight == 0.5).all())
     w_out = model.blocks[1].mlp.w_out.weight
     assert w_out.std().item() == pytest.approx(0.02 / 2, rel=0.2)  # GPT-2's 1/sqrt(2 n_layers) scaling
+
+
+def _init_streams(placement: str, **kw) -> tuple[list[float], list[float], float]:
+    """At init, on random tokens: the residual stream's RMS entering block 0 and after each block,
+    what each sublayer adds (its output before any norm on the stream; sandwich: after its output
+    norm), and the token embedding's share (cosine) of the final state."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(placement=placement, **kw)
+    model = Transformer(cfg).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (8, 128), generator=torch.Generator().manual_seed(1))
+    streams, adds = [], []
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, i, o: streams.append(o))
+        for branch, norm in ((block.attn, block.attn_out_norm), (block.mlp, block.mlp_out_norm)):
+            sandwich = block.placement.norm_in and norm is not None
+            (norm if sandwich else branch).register_forward_hook(lambda m, i, o: adds.append(o))
+    with torch.no_grad():
+        x0 = model.embed(tokens, torch.arange(128))
+        model(tokens)
+    rms = [float(t.pow(2).mean().sqrt()) for t in (x0, *streams)]
+    share = float(torch.nn.functional.cosine_similarity(streams[-1], x0, dim=-1).mean())
+    return rms, [float(t.pow(2).mean().sqrt()) for t in adds], share
+
+
+@pytest.mark.parametrize("n_layers", [4, 12])
+def test_placements_start_from_comparable_branch_scales(n_layers):
+    """The per-placement init rule (ablate.model.block): sandwich's output norms start at a
+    pre-norm branch's scale, so its stream follows pre-norm's at every depth and the embedding is
+    not drowned; post adds what pre adds in every sublayer whose input is a normalised stream."""
+    pre, pre_adds, pre_share = _init_streams("pre", n_layers=n_layers)
+    sandwich, sandwich_adds, sandwich_share = _init_streams("sandwich", n_layers=n_layers)
+    post, post_adds, _ = _init_streams("post", n_layers=n_layers)
+    assert all(0.5 < s / p < 2.0 for s, p in zip(sandwich, pre)), (sandwich, pre)
+    assert sandwich_share > 0.3 and pre_share > 0.3
+    assert all(0.2 < s / p < 5.0 for s, p in zip(sandwich_adds, pre_adds)), (sandwich_adds, pre_adds)
+    assert post[1:] == pytest.approx([1.0] * n_layers, abs=1e-3)  # the stream is the norm's scale
+    assert all(0.25 < a / b < 4.0 for a, b in zip(post_adds[1:], pre_adds[1:])), (post_adds, pre_adds)
+
+
+def test_sandwich_output_norms_start_at_the_branch_scale_under_a_unit_offset():
+    model = Transformer(ModelConfig(placement="sandwich", n_layers=8, norm=NormConfig(unit_offset=True)))
+    expected = 0.02 / (2 * 8) ** 0.5
+    assert_close(model.blocks[3].mlp_out_norm.scale(), torch.full((256,), expected))
+    assert_close(model.blocks[3].mlp_norm.scale(), torch.ones(256))  # input norms start at 1

@@ -4,6 +4,7 @@ rejected before anything is queued. Skipped where no Slurm cluster answers."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,23 @@ def test_three_variant_sweep_on_slurm(cache_dir, tmp_path):
     assert "to run: 0 jobs" in out.stdout
 
 
+def test_lr_tuning_then_the_seeds_on_slurm(cache_dir, tmp_path):
+    """+tune=lr through submitit: the tuning jobs, then (the sweeper waiting on them) the seeds at
+    each arm's chosen LR."""
+    run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=rope,alibi", "+tune=lr",
+            "tune.lr_multipliers=[0.5,2]", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "train.threads=1"),
+            env=SLURM_ENV)
+    root = tmp_path / "default"
+    chosen = {a["arm"]: a["lr"] for a in json.loads((root / "tune.json").read_text())["arms"]}
+    assert set(chosen) == {"rope", "alibi"} and len(list((root / "tune").iterdir())) == 4
+    runs = sorted(p for p in root.iterdir() if (p / "summary.json").exists())
+    assert len(runs) == 2 and all(_summary(r)["status"] == "completed" for r in runs)
+    for run in runs:
+        assert f"lr={chosen[run.name.split('-')[1]]:g}-" in run.name
+    tasks = [p for p in (root / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]  # <array job>_<task>
+    assert len(tasks) == 6, "all six jobs went through submitit"
+
+
 def test_jobs_that_train_and_evaluate_end_on_slurm(cache_dir, tmp_path):
     """Each job trains, then evaluates under submitit's signal handlers (which ignore SIGTERM),
     with metrics whose stderr lm-eval bootstraps in a forked pool: both jobs end, both evaluated."""
@@ -88,7 +106,7 @@ def test_bad_sweep_queues_nothing(cache_dir, tmp_path):
     before = _queued()
     out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model.attention.n_kv_heads=1,3",
                   *tiny_overrides(cache_dir, tmp_path), env=SLURM_ENV, check=False)
-    assert out.returncode != 0
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr and "nothing was launched" in out.stderr
     assert _queued() == before and not (tmp_path / "default" / ".submitit").exists()
 

@@ -42,7 +42,8 @@ def test_plan_then_sweep_then_nothing_left(cache_dir, tmp_path):
 def test_one_bad_job_stops_the_sweep_before_anything_runs(cache_dir, tmp_path):
     out = run_cli("ablate.train", "-m", "model.attention.n_kv_heads=1,3", *tiny_overrides(cache_dir, tmp_path),
                   check=False)
-    assert out.returncode != 0 and "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr
+    assert out.returncode == 2 and "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr
+    assert "Traceback" not in out.stderr
     assert "nothing was launched" in out.stderr and not (tmp_path / "default").exists()
 
 
@@ -67,5 +68,6 @@ def test_an_unknown_eval_task_stops_the_sweep_before_anything_runs(cache_dir, tm
     out = run_cli("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true",
                   "+eval.suites.mine.tasks=[hellaswg]", *tiny_overrides(cache_dir, tmp_path), check=False)
     assert out.returncode != 0 and "eval task='hellaswg': unknown" in out.stderr and "hellaswag" in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "nothing was launched" in out.stderr
     assert not (tmp_path / "default").exists()  # not even a run directory

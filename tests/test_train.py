@@ -15,7 +15,8 @@ import torch
 from ablate.cli import run_name
 from ablate.config import RunConfig
 from ablate.model import Transformer
-from ablate.train import build_optimizer, lr_at
+from ablate.optimizer import build_optimizer
+from ablate.train import lr_at
 
 from conftest import ROOT, run_cli, tiny_overrides
 
@@ -184,12 +185,29 @@ def test_automatic_run_dir(cache_dir, tmp_path):
 def test_weight_decay_spares_norms_biases_and_embeddings():
     cfg = RunConfig.from_dict({"model": {"position": {"kind": "learned"}, "attention": {"qkv_bias": True}}})
     model = Transformer(cfg.model)
-    decay, no_decay = build_optimizer(model, cfg).param_groups
+    decay, no_decay = build_optimizer(model, cfg.optim).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() == 2 and "embed" not in names[id(p)] and "table" not in names[id(p)] for p in decay["params"])
     assert {"tok_embed.weight", "position.table.weight", "final_norm.weight", "blocks.0.attn.wqkv.bias"} <= {
         names[id(p)] for p in no_decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+def test_output_matrix_is_decayed_alike_tied_or_not(decay_embeddings):
+    """Tying changes one thing: the output matrix is decayed as the token embedding is, whether it
+    is that embedding (tied) or a head of its own (untied)."""
+    def decay_of(tied: bool) -> dict[str, float]:
+        cfg = RunConfig.from_dict({"model": {"tie_embeddings": tied}, "optim": {"decay_embeddings": decay_embeddings}})
+        model = Transformer(cfg.model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(p)]: g["weight_decay"] for g in build_optimizer(model, cfg.optim).param_groups
+                for p in g["params"]}
+
+    tied, untied = decay_of(True), decay_of(False)
+    expected = 0.1 if decay_embeddings else 0.0
+    assert tied["tok_embed.weight"] == untied["tok_embed.weight"] == untied["head.weight"] == expected
+    assert {k: v for k, v in untied.items() if k != "head.weight"} == tied
 
 
 def test_lr_schedule():

@@ -243,6 +243,21 @@ class Attention(nn.Module):
         init_linear(self.wqkv, self.init_std)
         init_linear(self.wo, self.init_std / math.sqrt(2 * self.n_layers))
 
+    @torch.no_grad()
+    def max_logit(self, x: Tensor, step: Step) -> float:
+        """The largest |q.k x scale| over the pairs this layer attends (before any position bias
+        and soft-cap): the attention-logit growth that precedes a loss spike. Not for a cache."""
+        B, T, _ = x.shape
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, _ = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)
+        if self.positions:
+            q, k = step.rotate(q, k, step.pos)
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        scores = (q.float() @ k.float().transpose(-1, -2)).abs() * self.scale  # (B, H, T, T)
+        return float(scores.masked_fill(~visible(step.pos, step.pos, self.window), 0.0).max())
+
     def forward(self, x: Tensor, step: Step) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim

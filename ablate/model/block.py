@@ -7,6 +7,18 @@
 
 A placement may differ by depth (`for_layer`); the model has a final norm when its last layer's
 placement asks for one.
+
+Init, per placement, so that placements start from comparable branch scales (each sublayer adds to
+the stream about what it adds under pre-norm; tests/test_model.py measures it):
+    pre       output projections Normal(0, init_std / sqrt(2 n_layers)) (GPT-2): the stream grows
+              slowly with depth, the token embedding keeps its share
+    post      the same projections; the stream is renormalised to the norm's scale (1) after every
+              sublayer, so what a branch adds is the same as under pre in every layer but the first
+              (whose input is the raw embedding, not a normalised stream)
+    sandwich  the output norms start at scale init_std / sqrt(2 n_layers), not 1: at scale 1 every
+              branch would add RMS 1 to an embedding of RMS init_std and drown it (its share of the
+              final state 0.008 against pre's 0.45); started at that scale, the stream's RMS follows
+              pre-norm's at every depth
 """
 
 from __future__ import annotations
@@ -79,10 +91,12 @@ class Block(nn.Module):
                               cfg.init_std, cfg.n_layers)
         self.mlp = Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind, cfg.mlp.bias, cfg.init_std, cfg.n_layers)
         p = self.placement
+        # a norm on a branch's output (sandwich) starts at a pre-norm branch's scale; on the stream, at 1
+        out_scale = cfg.init_std / math.sqrt(2 * cfg.n_layers) if p.norm_in else 1.0
         self.attn_norm = build_norm(cfg.norm, cfg.dim) if p.norm_in else None
-        self.attn_out_norm = build_norm(cfg.norm, cfg.dim) if p.norm_out else None
+        self.attn_out_norm = build_norm(cfg.norm, cfg.dim, out_scale) if p.norm_out else None
         self.mlp_norm = build_norm(cfg.norm, cfg.dim) if p.norm_in else None
-        self.mlp_out_norm = build_norm(cfg.norm, cfg.dim) if p.norm_out else None
+        self.mlp_out_norm = build_norm(cfg.norm, cfg.dim, out_scale) if p.norm_out else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, step: Step) -> Tensor:

@@ -16,20 +16,22 @@ NORMS: Registry[type[Norm]] = Registry("norm")
 class Norm(nn.Module):
     """Shared parameters: a scale (optionally unit-offset) and an optional bias over the last dim."""
 
-    def __init__(self, dim: int, eps: float, unit_offset: bool = False, bias: bool = False) -> None:
+    def __init__(self, dim: int, eps: float, unit_offset: bool = False, bias: bool = False,
+                 init_scale: float = 1.0) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.init_scale = eps, init_scale
         self.offset = 1.0 if unit_offset else 0.0
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - self.offset))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     @classmethod
-    def from_config(cls, cfg: NormConfig, dim: int) -> Norm:
-        return cls(dim, cfg.eps, cfg.unit_offset, cfg.bias)
+    def from_config(cls, cfg: NormConfig, dim: int, init_scale: float = 1.0) -> Norm:
+        return cls(dim, cfg.eps, cfg.unit_offset, cfg.bias, init_scale)
 
     def init_weights(self) -> None:
-        """Scale 1 (0 under a unit offset, where the scale is 1 + w), bias 0."""
-        self.weight.fill_(1.0 - self.offset)
+        """Scale init_scale (1 unless the placement's init rule says otherwise; under a unit
+        offset the scale is 1 + w, so w starts at init_scale - 1), bias 0."""
+        self.weight.fill_(self.init_scale - self.offset)
         if self.bias is not None:
             self.bias.zero_()
 
@@ -60,5 +62,5 @@ class RMSNorm(Norm):
         return y.to(x.dtype)
 
 
-def build_norm(cfg: NormConfig, dim: int) -> Norm:
-    return NORMS.get(cfg.kind, "model.norm.kind").from_config(cfg, dim)
+def build_norm(cfg: NormConfig, dim: int, init_scale: float = 1.0) -> Norm:
+    return NORMS.get(cfg.kind, "model.norm.kind").from_config(cfg, dim, init_scale)

@@ -66,6 +66,38 @@ class Transformer(nn.Module):
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
 
+    def parameter_roles(self) -> dict[str, str]:
+        """Parameter name -> what it does, for treating alike what does alike (the optimizer's
+        decay, the fairness checks): embedding (token table; tied, it is the output matrix too),
+        output (an untied head), position (a learned table), matrix (projections into a sublayer),
+        out_projection (a sublayer's projection back to the stream), input_norm (a norm on a
+        sublayer's input, or the embedding's), stream_norm (post-norm: on the residual sum),
+        branch_norm (sandwich: on a sublayer's output), final_norm, bias."""
+        roles = {"tok_embed.weight": "embedding"}
+        if self.head is not None:
+            roles["head.weight"] = "output"
+        for name, _ in self.position.named_parameters(prefix="position"):
+            roles[name] = "position"
+        for prefix, norm in (("embed_norm", self.embed_norm), ("final_norm", self.final_norm)):
+            if norm is not None:
+                for name, _ in norm.named_parameters(prefix=prefix):
+                    roles[name] = "input_norm" if prefix == "embed_norm" else "final_norm"
+        for i, block in enumerate(self.blocks):
+            out_norm = "stream_norm" if not block.placement.norm_in else "branch_norm"
+            for name, _ in block.named_parameters(prefix=f"blocks.{i}"):
+                part = name.split(".")[2]
+                if part in ("attn_norm", "mlp_norm"):
+                    roles[name] = "input_norm"
+                elif part in ("attn_out_norm", "mlp_out_norm"):
+                    roles[name] = out_norm
+                elif name.endswith(".bias"):
+                    roles[name] = "bias"
+                elif name.endswith(("wo.weight", "w_out.weight")):
+                    roles[name] = "out_projection"
+                else:
+                    roles[name] = "matrix"
+        return roles
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Vocabulary- and position-sized tables: the token embedding, an untied head, a learned
         position table (Gemma's Table 2 split; the others are non-embedding parameters)."""

@@ -1,0 +1,300 @@
+"""What the arms of a sweep hold equal, what they match, and every difference nobody asked for.
+
+An ablation changes one thing. `check(jobs)` compares the resolved configs of a sweep's arms (its
+jobs without the replicate seeds) and what follows from them:
+
+    config       every field that differs beyond the axes (the swept overrides, or a field the
+                 experiment declares part of its axis in `fairness.axis`)
+    parameters   non-embedding parameters: a spread above fairness.param_tolerance is a confound,
+                 unless a size (model.dim, n_layers, hidden_dim, ...) is an axis, or `params` is
+                 declared; within it, the arms are reported as matched
+    optimizer    the treatment of each parameter role (weight decay, LR scale; ablate.optimizer):
+                 an untied head against a tied one is compared as "the output matrix"
+    init         the RMS of each parameter role at init (models up to 100M parameters are built
+                 on the CPU to measure it)
+    derived      FLOPs/token and KV bytes/token: shown when they differ, never a confound (they
+                 follow from the axis or from a difference already flagged)
+
+A swept config group's axis is its `kind` field when its options have one (model/norm is
+model.norm.kind: the norms' eps and bias are settings that must match or be declared), else every
+field its options set (model/attention: n_kv_heads; +model/softcap: both caps); a preset (model=...)
+is its whole package. Each unasked difference is one line that starts with `confound:`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, RunConfig, attention_family
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# an axis over one of these changes the parameter count on purpose
+SIZE_FIELDS = ("model.", "model.dim", "model.n_layers", "model.mlp.hidden_dim", "model.attention.head_dim",
+               "model.attention.n_heads", "model.vocab_size", "model.max_seq_len")
+# fields the optimizer treatment and the init scales follow from: when one differs between arms,
+# their differences are the axis's (or a confound already named), not a new one
+OPTIMIZER_FIELDS = ("optim.",)
+INIT_FIELDS = ("model.init_std", "model.n_layers", "model.placement", "model.norm.unit_offset")
+INIT_BUILD_LIMIT = 100_000_000  # parameters: larger arms are not built at plan time to measure init
+NOT_ARMS = (*REPLICATE, *OPERATIONAL, *IDENTITY, *DERIVED)
+
+
+# ---- naming arms by what differs ------------------------------------------------------------------
+def varying(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Flattened config fields whose values differ between runs: what the experiment varies. The
+    seeds are replicates, kept apart; fields that change nothing computed (operational), name the
+    run (identity) or are set by ablate itself (derived) are never an axis."""
+    configs = list(configs)
+    keys = sorted({k for c in configs for k in c if not k.startswith(NOT_ARMS)})
+    return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+
+
+def variant_name(cfg: dict[str, Any], axes: Sequence[str]) -> str:
+    """A short label: the choice itself for named choices (alibi, sandwich), the attention family
+    for kv heads (mha, gqa2, mqa), key=value otherwise."""
+    if not axes:
+        return "all"
+    return ", ".join(_label(cfg, k) for k in axes)
+
+
+def _label(cfg: dict[str, Any], key: str) -> str:
+    value, last = cfg.get(key), key.split(".")[-1]
+    if key == "model.attention.n_kv_heads":
+        return attention_family(cfg.get("model.attention.n_heads"), value)
+    if last in ("kind", "placement") and isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return last if value else f"no {last}"
+    return f"{last}={value}"
+
+
+# ---- the axes -------------------------------------------------------------------------------------
+def override_key(override: str) -> tuple[str, str]:
+    """`+model/softcap=on` -> ("model/softcap", "on")."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def swept(job_overrides: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """Override key -> its values, for the keys that take more than one value across the jobs,
+    replicate seeds left out."""
+    values: dict[str, list[str]] = {}
+    for overrides in job_overrides:
+        for item in overrides:
+            key, value = override_key(item)
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {k: v for k, v in values.items() if len(v) > 1 and k not in REPLICATE}
+
+
+def axis_fields(key: str, values: Sequence[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """The config fields an override key sweeps (a field, or `prefix.` for a whole package)."""
+    if not (conf_dir / key).is_dir():
+        return [key]
+    import yaml
+
+    fields: set[str] = set()
+    for option in values:
+        path = conf_dir / key / f"{option}.yaml"
+        if not path.exists():
+            continue
+        text = path.read_text()
+        package = key.replace("/", ".")
+        for line in text.splitlines():
+            if line.startswith("# @package"):
+                package = line.split()[-1]
+        package = "" if package == "_global_" else package
+        data = yaml.safe_load(text) or {}
+        prefix = f"{package}." if package else ""
+        if "defaults" in data:  # a preset: its whole package
+            return [prefix]
+        flat = _flatten({k: v for k, v in data.items() if k != "hydra"})
+        fields |= {f"{prefix}kind"} if "kind" in flat else {prefix + k for k in flat}
+    return sorted(fields)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _covered(name: str, axes: Sequence[str]) -> bool:
+    return any(name == a or (a.endswith(".") and name.startswith(a)) or name.startswith(a + ".") for a in axes)
+
+
+# ---- the check --------------------------------------------------------------------------------------
+@dataclass
+class Arm:
+    name: str
+    config: RunConfig
+    flat: dict[str, Any]
+
+
+@dataclass
+class Fairness:
+    axes: list[str]  # the fields the sweep varies on purpose
+    arms: list[str]
+    confounds: list[str] = field(default_factory=list)  # each starts with "confound:"
+    notes: list[str] = field(default_factory=list)  # what is matched, what differs by design
+
+    def lines(self) -> list[str]:
+        return [*self.notes, *self.confounds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": self.axes, "arms": self.arms, "confounds": self.confounds, "notes": self.notes}
+
+
+def arms_of(configs: Sequence[RunConfig]) -> list[Arm]:
+    """The distinct arms among the jobs' configs (replicates of one arm collapse), in sweep order."""
+    names = arm_names(configs)
+    arms: dict[str, Arm] = {}
+    for name, cfg in zip(names, configs):
+        if name not in arms:
+            from ablate.rundir import flatten
+
+            arms[name] = Arm(name, cfg, flatten(cfg.to_dict()))
+    return list(arms.values())
+
+
+def arm_names(configs: Sequence[RunConfig]) -> list[str]:
+    """The arm of each config: named by the fields that differ between arms (seeds and operational
+    fields are not arms)."""
+    from ablate.rundir import flatten
+
+    flats = [{k: v for k, v in flatten(c.to_dict()).items() if not k.startswith(NOT_ARMS)} for c in configs]
+    differ = varying(flats)
+    return [variant_name(f, differ) for f in flats]
+
+
+def check(job_overrides: Sequence[Sequence[str]], configs: Sequence[RunConfig], conf_dir: Path = CONF_DIR) -> Fairness:
+    """Compare the arms of a sweep (see the module doc)."""
+    arms = arms_of(configs)
+    sweep = swept(job_overrides)
+    axes = sorted({f for key, values in sweep.items() for f in axis_fields(key, values, conf_dir)}
+                  | {a for c in configs[:1] for a in c.fairness.axis})
+    result = Fairness(axes, [a.name for a in arms])
+    if len(arms) < 2:
+        return result
+    tolerance = configs[0].fairness.param_tolerance
+    _config_differences(arms, axes, result)
+    _parameters(arms, axes, tolerance, result)
+    differ = varying([a.flat for a in arms])
+    if _explained(differ, OPTIMIZER_FIELDS, "optimizer treatment", result):
+        _optimizer(arms, result)
+    if _explained(differ, INIT_FIELDS, "init scales", result):
+        _init(arms, result)
+    return result
+
+
+def _explained(differ: Sequence[str], fields: Sequence[str], what: str, result: Fairness) -> bool:
+    """True when none of `fields` differs between the arms, so that `what` must be compared;
+    otherwise a note says what it follows from."""
+    causes = [d for d in differ if _covered(d, fields) or d in fields]
+    if causes:
+        result.notes.append(f"differs by design: {what} (follow from {', '.join(causes)})")
+    return not causes
+
+
+def _values(arms: Sequence[Arm], get) -> str:
+    return ", ".join(f"{get(a)} ({a.name})" for a in arms)
+
+
+def _config_differences(arms: Sequence[Arm], axes: Sequence[str], result: Fairness) -> None:
+    for name in varying([a.flat for a in arms]):
+        if not _covered(name, axes):
+            result.confounds.append(f"confound: {name} differs: {_values(arms, lambda a, n=name: a.flat.get(n))}")
+
+
+def _parameters(arms: Sequence[Arm], axes: Sequence[str], tolerance: float, result: Fairness) -> None:
+    from ablate.model import model_facts
+
+    facts = {a.name: model_facts(a.config.model, a.config.seq_len) for a in arms}
+    counts = [f.non_embedding_params for f in facts.values()]
+    spread = (max(counts) - min(counts)) / max(counts)
+    listing = _values(arms, lambda a: f"{facts[a.name].non_embedding_params / 1e6:.3f}M")
+    sized = "params" in axes or any(a in SIZE_FIELDS or _covered(a, SIZE_FIELDS[1:]) for a in axes)
+    if spread <= tolerance:
+        how = " (model.match_mha_params=true)" if any(a.config.model.match_mha_params for a in arms) else ""
+        result.notes.append(f"matched: non-embedding parameters within {spread:.1%}{how}: {listing}")
+    elif sized:
+        result.notes.append(f"differs by design: non-embedding parameters ({spread:.1%}): {listing}")
+    else:
+        hint = ("; model.match_mha_params=true matches them" if any(_covered("model.attention.n_kv_heads", [a])
+                                                                    for a in axes) else "")
+        result.confounds.append(f"confound: non-embedding parameters differ by {spread:.1%} "
+                                f"(over fairness.param_tolerance={tolerance:g}): {listing}{hint}")
+    for key, label in (("flops_per_token", "FLOPs/token"), ("kv_bytes_per_token", "KV bytes/token")):
+        values = [getattr(f, key) for f in facts.values()]
+        if (max(values) - min(values)) / max(values) > 0.005:
+            result.notes.append(f"differs by design: {label}: "
+                                f"{_values(arms, lambda a, k=key: f'{getattr(facts[a.name], k):.3g}')}")
+
+
+def _roles(arm: Arm) -> tuple[Any, dict[str, str]]:
+    import torch
+
+    from ablate.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(arm.config.model)
+    return model, model.parameter_roles()
+
+
+def _optimizer(arms: Sequence[Arm], result: Fairness) -> None:
+    from ablate.optimizer import treatment
+
+    per_arm = {}
+    for arm in arms:
+        _, roles = _roles(arm)
+        treated = {role: str(treatment(role, arm.config.optim)) for role in roles.values()}
+        if arm.config.model.tie_embeddings:  # the token table is the output matrix too
+            treated["output"] = treated["embedding"]
+        per_arm[arm.name] = treated
+    for role in sorted({r for t in per_arm.values() for r in t}):
+        having = [a for a in arms if role in per_arm[a.name]]
+        if len(having) > 1 and len({per_arm[a.name][role] for a in having}) > 1:
+            result.confounds.append(f"confound: the optimizer treats {role} parameters differently: "
+                                    f"{_values(having, lambda a, r=role: per_arm[a.name][r])}")
+
+
+def _init(arms: Sequence[Arm], result: Fairness) -> None:
+    import torch
+
+    from ablate.model import Transformer, model_facts
+
+    if any(model_facts(a.config.model, a.config.seq_len).params > INIT_BUILD_LIMIT for a in arms):
+        result.notes.append(f"not compared: init scales (arms over {INIT_BUILD_LIMIT / 1e6:.0f}M parameters are "
+                            "not built at plan time)")
+        return
+    per_arm = {}
+    for arm in arms:
+        with torch.random.fork_rng():
+            torch.manual_seed(arm.config.seed)
+            model = Transformer(arm.config.model)
+        roles = model.parameter_roles()
+        squares: dict[str, list[float]] = {}
+        for name, p in model.named_parameters():
+            role = roles[name] + (" bias" if name.endswith(".bias") else "")
+            squares.setdefault(role, [0.0, 0.0])
+            squares[role][0] += float(p.detach().double().pow(2).sum())
+            squares[role][1] += p.numel()
+        rms = {r: math.sqrt(s / n) for r, (s, n) in squares.items()}
+        if arm.config.model.tie_embeddings:
+            rms["output"] = rms["embedding"]
+        per_arm[arm.name] = rms
+    for role in sorted({r for t in per_arm.values() for r in t}):
+        having = [a for a in arms if role in per_arm[a.name]]
+        values = [per_arm[a.name][role] for a in having]
+        if len(having) > 1 and max(values) > 1.1 * min(values) + 1e-12:
+            result.confounds.append(f"confound: {role} parameters start at other scales (RMS at init): "
+                                    f"{_values(having, lambda a, r=role: f'{per_arm[a.name][r]:.3g}')}")

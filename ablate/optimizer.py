@@ -1,0 +1,53 @@
+"""AdamW, with each parameter treated by what it does (Transformer.parameter_roles), never by how
+it happens to be stored: an untied output head is decayed exactly as the token embedding it would
+otherwise be, so that tying an embedding changes one thing.
+
+    role                            weight decay                    LR scale
+    matrix, out_projection          optim.weight_decay              1
+    embedding, output, position     only with optim.decay_embeddings 1
+    *_norm, bias                    only with optim.decay_norms_and_biases 1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ablate.config import OptimConfig
+
+TABLES = ("embedding", "output", "position")
+NORMS_AND_BIASES = ("input_norm", "stream_norm", "branch_norm", "final_norm", "bias")
+
+
+@dataclass(frozen=True)
+class Treatment:
+    weight_decay: float
+    lr_scale: float = 1.0
+
+    def __str__(self) -> str:
+        decay = f"decay {self.weight_decay:g}" if self.weight_decay else "no decay"
+        return decay if self.lr_scale == 1 else f"{decay}, LR x{self.lr_scale:g}"
+
+
+def treatment(role: str, optim: OptimConfig) -> Treatment:
+    """How the optimizer treats a parameter of `role` (see the module doc)."""
+    if role in TABLES:
+        return Treatment(optim.weight_decay if optim.decay_embeddings else 0.0)
+    if role in NORMS_AND_BIASES:
+        return Treatment(optim.weight_decay if optim.decay_norms_and_biases else 0.0)
+    return Treatment(optim.weight_decay)
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW with one parameter group per distinct treatment (decayed ones first), parameters in
+    model order within a group."""
+    roles = model.parameter_roles()
+    groups: dict[Treatment, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        groups.setdefault(treatment(roles[name], optim), []).append(p)
+    order = sorted(groups, key=lambda t: (-t.weight_decay, -t.lr_scale))
+    return torch.optim.AdamW([{"params": groups[t], "weight_decay": t.weight_decay, "lr_scale": t.lr_scale}
+                              for t in order],
+                             lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)

@@ -1,0 +1,85 @@
+"""Every arm at its own learning rate: `ablate-train -m +experiment=NAME +tune=lr`.
+
+    1. each arm (a sweep job without its replicate seeds) trains once per LR of the grid
+       base LR x tune.lr_multipliers, at tune.seed, for tune.tokens (null: the full budget),
+       into <experiment>/tune/;
+    2. each arm's LR is the one with the lowest final validation loss (a diverged run counts as
+       infinitely bad); an optimum at either end of the grid is flagged, since the true optimum may
+       lie beyond it;
+    3. the experiment's jobs run at their arm's LR (the run names say `lr=`).
+
+<experiment>/tune.json keeps the grid, every tuning run's loss and status, each arm's choice, and
+the largest LR that did not diverge; ablate-report draws the LR-sensitivity plot from it and says
+whether the arms rank the same at the shared base LR.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ablate.config import TuneConfig
+
+
+def lr_grid(base_lr: float, tune: TuneConfig) -> list[float]:
+    """The LRs each arm is tried at, ascending."""
+    return sorted({float(f"{base_lr * m:.6g}") for m in tune.lr_multipliers})
+
+
+def tuning_overrides(overrides: Sequence[str], tune: TuneConfig, lr: float) -> list[str]:
+    """A job's overrides turned into its arm's tuning run at `lr`: the init seed replaced by
+    tune.seed, the budget by tune.tokens, no evaluation at the end."""
+    keep = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("seed", "train.tokens",
+                                                                              "train.eval_at_end", "optim.lr")]
+    tokens = [f"train.tokens={tune.tokens}"] if tune.tokens else [o for o in overrides if o.startswith("train.tokens=")]
+    return [*keep, f"seed={tune.seed}", *tokens, "train.eval_at_end=false", f"optim.lr={lr:.6g}"]
+
+
+@dataclass
+class Choice:
+    arm: str
+    lrs: list[float]
+    val_loss: list[float]  # per LR; inf for a run that diverged
+    status: list[str]
+    runs: list[str]
+    lr: float  # the chosen LR
+    edge: str | None  # "lowest" or "highest" when the optimum is at the grid's end
+    max_stable_lr: float | None  # the largest LR whose run did not diverge
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Choice:
+        d = dict(d)
+        d["val_loss"] = [math.inf if v is None else float(v) for v in d["val_loss"]]
+        return cls(**d)
+
+
+def choose(arm: str, results: Sequence[tuple[float, str, float, str]]) -> Choice:
+    """The best LR of one arm from its tuning runs: (lr, status, final val loss, run name) each."""
+    results = sorted(results)
+    lrs = [r[0] for r in results]
+    losses = [r[2] if r[1] == "completed" and math.isfinite(r[2]) else math.inf for r in results]
+    if all(math.isinf(v) for v in losses):
+        best = min(lrs)
+    else:
+        best = lrs[losses.index(min(losses))]
+    edge = None
+    if len(lrs) > 1 and best == lrs[0]:
+        edge = "lowest"
+    elif len(lrs) > 1 and best == lrs[-1]:
+        edge = "highest"
+    stable = [lr for lr, r in zip(lrs, results) if r[1] != "diverged" and math.isfinite(r[2])]
+    return Choice(arm, lrs, losses, [r[1] for r in results], [r[3] for r in results], best, edge,
+                  max(stable) if stable else None)
+
+
+def describe(choice: Choice) -> str:
+    """One line: the arm, its LR, and why to doubt it if there is a reason."""
+    losses = ", ".join(f"{lr:g}: {'diverged' if math.isinf(v) else f'{v:.4f}'}" for lr, v in zip(choice.lrs,
+                                                                                                  choice.val_loss))
+    edge = f" -- at the {choice.edge} LR tried: the optimum may lie beyond the grid" if choice.edge else ""
+    return f"{choice.arm}: lr {choice.lr:g} (val loss {losses}){edge}"
