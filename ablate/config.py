@@ -252,7 +252,7 @@ class TrainConfig:
     batch_tokens: int = 8192  # global batch in tokens (all processes, all accumulation steps)
     micro_batch: int = operational(8)  # sequences per forward pass per process (the global batch is fixed)
     seq_len: int | None = None  # null: model.max_seq_len
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     compile: bool = operational(False)
     device: str = operational("auto")  # auto | cpu | cuda
     threads: int | None = operational(None)  # torch threads per process; null: the cores divided among local processes

@@ -10,6 +10,7 @@ checkpoints/. Started again there, it resumes from its latest checkpoint; once c
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -364,13 +365,27 @@ def padded_vocab(n: int) -> int:
     return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains
+    about 2x faster than fp32; elsewhere it is emulated, and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no way to tell, so fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_device(cfg: RunConfig) -> tuple[torch.device, Any]:
+    """The device, and the autocast context the precision asks for: train.precision=auto is bf16 on
+    CUDA GPUs that support it and on CPUs with native bf16, fp32 elsewhere."""
     t = cfg.train
     cuda = torch.cuda.is_available() if t.device == "auto" else t.device == "cuda"
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is visible")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and native)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     return device, autocast
 

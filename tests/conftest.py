@@ -24,12 +24,13 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
-    """A run that takes seconds: a 64-wide, 2-layer model on a 60k-word synthetic corpus."""
+    """A run that takes seconds: a 64-wide, 2-layer model on a 60k-word synthetic corpus, in fp32
+    (the same numbers on every CPU; `auto` would pick bf16 on CPUs with native bf16)."""
     return ["model.dim=64", "model.n_layers=2", "model.max_seq_len=64", "data.synthetic_words=60000",
             "data.vocab_size=512", "data.val_tokens=2048", f"data.cache_dir={cache}", f"results_dir={results}",
             "train.tokens=40960", "train.batch_tokens=1024", "train.micro_batch=8", "train.log_every=1",
             "train.eval_every=10", "train.checkpoint_every=10", "train.progress=lines", "optim.warmup_steps=5",
-            *extra]
+            "train.precision=fp32", *extra]
 
 
 def run_cli(module: str, *args: str, check: bool = True, env: dict | None = None,

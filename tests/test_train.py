@@ -300,3 +300,19 @@ def test_integral_floats_are_accepted_for_counts():
     assert cfg.train.tokens == 5_000_000 and isinstance(cfg.train.tokens, int) and cfg.train.batch_tokens == 16384
     with pytest.raises(ConfigError, match=r"train.tokens=1.5: expected int"):
         RunConfig.from_dict(compose_root(["train.tokens=1.5"]))
+
+
+def test_precision_is_used_and_recorded(cache_dir, tmp_path):
+    """train.precision: bf16 autocast changes the numbers and says so in summary.json; auto picks
+    bf16 exactly where the CPU computes it natively (fp32 elsewhere)."""
+    from ablate.train import cpu_has_native_bf16
+
+    losses, used = {}, {}
+    for precision in ("fp32", "bf16", "auto"):
+        run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", f"run_name={precision}",
+                                                f"train.precision={precision}"))
+        used[precision] = summary(tmp_path / "default" / precision)["precision"]
+        losses[precision] = [m["loss"] for m in metrics(tmp_path / "default" / precision)]
+    assert used["fp32"] == "fp32" and used["bf16"] == "bf16" and losses["fp32"] != losses["bf16"]
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert used["auto"] == expected and losses["auto"] == losses[expected]
