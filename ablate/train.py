@@ -10,7 +10,6 @@ checkpoints/. Started again there, it resumes from its latest checkpoint; once c
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -365,7 +364,6 @@ def padded_vocab(n: int) -> int:
     return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains
     about 2x faster than fp32; elsewhere it is emulated, and slower."""

@@ -178,7 +178,7 @@ def test_automatic_run_dir(cache_dir, tmp_path):
     run_cli("ablate.train", *args)
     (run,) = (tmp_path / "default").iterdir()
     assert run.name == ("default-alibi-mha-rmsnorm-pre-swiglu-dim=64-n_layers=2-max_seq_len=64-synthetic_words=60000-"
-                        "vocab_size=512-val_tokens=2048-tokens=10240-batch_tokens=1024-warmup_steps=5-s3")
+                        "vocab_size=512-val_tokens=2048-tokens=10240-batch_tokens=1024-warmup_steps=5-precision=fp32-s3")
     assert summary(run)["seed"] == 3
 
 
