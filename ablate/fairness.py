@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, RunConfig, attention_family
+from ablate.rundir import flatten
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # an axis over one of these changes the parameter count on purpose
@@ -160,8 +161,6 @@ def arms_of(configs: Sequence[RunConfig]) -> list[Arm]:
     arms: dict[str, Arm] = {}
     for name, cfg in zip(names, configs):
         if name not in arms:
-            from ablate.rundir import flatten
-
             arms[name] = Arm(name, cfg, flatten(cfg.to_dict()))
     return list(arms.values())
 
@@ -169,8 +168,6 @@ def arms_of(configs: Sequence[RunConfig]) -> list[Arm]:
 def arm_names(configs: Sequence[RunConfig]) -> list[str]:
     """The arm of each config: named by the fields that differ between arms (seeds and operational
     fields are not arms)."""
-    from ablate.rundir import flatten
-
     flats = [{k: v for k, v in flatten(c.to_dict()).items() if not k.startswith(NOT_ARMS)} for c in configs]
     differ = varying(flats)
     return [variant_name(f, differ) for f in flats]
@@ -181,18 +178,20 @@ def check(job_overrides: Sequence[Sequence[str]], configs: Sequence[RunConfig], 
     arms = arms_of(configs)
     sweep = swept(job_overrides)
     axes = sorted({f for key, values in sweep.items() for f in axis_fields(key, values, conf_dir)}
-                  | {a for c in configs[:1] for a in c.fairness.axis})
+                  | set(configs[0].fairness.axis))
     result = Fairness(axes, [a.name for a in arms])
     if len(arms) < 2:
         return result
-    tolerance = configs[0].fairness.param_tolerance
+    from ablate.model import model_facts
+
+    facts = {a.name: model_facts(a.config.model, a.config.seq_len) for a in arms}
     _config_differences(arms, axes, result)
-    _parameters(arms, axes, tolerance, result)
+    _parameters(arms, facts, axes, configs[0].fairness.param_tolerance, result)
     differ = varying([a.flat for a in arms])
     if _explained(differ, OPTIMIZER_FIELDS, "optimizer treatment", result):
         _optimizer(arms, result)
     if _explained(differ, INIT_FIELDS, "init scales", result):
-        _init(arms, result)
+        _init(arms, facts, result)
     return result
 
 
@@ -215,10 +214,8 @@ def _config_differences(arms: Sequence[Arm], axes: Sequence[str], result: Fairne
             result.confounds.append(f"confound: {name} differs: {_values(arms, lambda a, n=name: a.flat.get(n))}")
 
 
-def _parameters(arms: Sequence[Arm], axes: Sequence[str], tolerance: float, result: Fairness) -> None:
-    from ablate.model import model_facts
-
-    facts = {a.name: model_facts(a.config.model, a.config.seq_len) for a in arms}
+def _parameters(arms: Sequence[Arm], facts: dict[str, Any], axes: Sequence[str], tolerance: float,
+                result: Fairness) -> None:
     counts = [f.non_embedding_params for f in facts.values()]
     spread = (max(counts) - min(counts)) / max(counts)
     listing = _values(arms, lambda a: f"{facts[a.name].non_embedding_params / 1e6:.3f}M")
@@ -267,12 +264,12 @@ def _optimizer(arms: Sequence[Arm], result: Fairness) -> None:
                                     f"{_values(having, lambda a, r=role: per_arm[a.name][r])}")
 
 
-def _init(arms: Sequence[Arm], result: Fairness) -> None:
+def _init(arms: Sequence[Arm], facts: dict[str, Any], result: Fairness) -> None:
     import torch
 
-    from ablate.model import Transformer, model_facts
+    from ablate.model import Transformer
 
-    if any(model_facts(a.config.model, a.config.seq_len).params > INIT_BUILD_LIMIT for a in arms):
+    if any(f.params > INIT_BUILD_LIMIT for f in facts.values()):
         result.notes.append(f"not compared: init scales (arms over {INIT_BUILD_LIMIT / 1e6:.0f}M parameters are "
                             "not built at plan time)")
         return

@@ -475,8 +475,9 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
         st = pd.DataFrame({c.label: [cell(v, c) for v in summary.index] for c in stable}, index=summary.index)
         st.insert(0, "runs", summary["runs"])
         lines += ["", "## Stability (means over completed runs)", "", st.to_markdown(), "",
-                  "A loss spike: a step whose loss exceeds 1.2x the median of the 50 steps before it; a grad-norm "
-                  "spike: 5x. Max attn logit: the largest |q.k| x scale (before position bias and soft-cap) on the "
+                  f"A loss spike: a step whose loss exceeds {stats.LOSS_SPIKE:g}x the median of the "
+                  f"{stats.SPIKE_WINDOW} steps before it; a grad-norm spike: {stats.GRAD_SPIKE:g}x. "
+                  "Max attn logit: the largest |q.k| x scale (before position bias and soft-cap) on the "
                   "first validation batch of the final model."]
     if not noise_table.empty:
         shown = noise_table.set_index("metric").map(_fmt)

@@ -11,6 +11,10 @@ value of a metric is measured on a set of eval items that every variant shares.
     holm(p)                      Holm's step-down adjustment over every test of a table
     noise_components(grid)       init-seed, data-order and residual SDs from a seeds x data-seeds grid
     mde(sd, k)                   the smallest difference k runs a side detect at 5% with 80% power
+
+Spikes (counted by training, described by the report): a step's loss above LOSS_SPIKE x, or its
+gradient norm above GRAD_SPIKE x, the median of the SPIKE_WINDOW steps before it (counted once
+SPIKE_MIN_HISTORY steps are there).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+LOSS_SPIKE, GRAD_SPIKE, SPIKE_WINDOW, SPIKE_MIN_HISTORY = 1.2, 5.0, 50, 10
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,10 @@ from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
 from ablate.optimizer import build_optimizer
 from ablate.rundir import RunDir, RunDirError, flatten
+from ablate.stats import GRAD_SPIKE, LOSS_SPIKE, SPIKE_MIN_HISTORY, SPIKE_WINDOW
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
-# Stability: a step is a spike when its loss exceeds LOSS_SPIKE x, or its gradient norm GRAD_SPIKE x,
-# the median of the previous SPIKE_WINDOW steps (counted once SPIKE_MIN_HISTORY steps are there).
-LOSS_SPIKE, GRAD_SPIKE, SPIKE_WINDOW, SPIKE_MIN_HISTORY = 1.2, 5.0, 50, 10
 
 
 @dataclass
@@ -59,7 +57,7 @@ class State:
     recent_grads: list[float] = field(default_factory=list)
 
     def note_step(self, loss: float, grad_norm: float) -> None:
-        """Count loss and gradient-norm spikes against the running medians (see LOSS_SPIKE)."""
+        """Count loss and gradient-norm spikes against the running medians (ablate.stats: LOSS_SPIKE)."""
         for value, recent, factor, counter in ((loss, self.recent_losses, LOSS_SPIKE, "loss_spikes"),
                                                (grad_norm, self.recent_grads, GRAD_SPIKE, "grad_spikes")):
             if len(recent) >= SPIKE_MIN_HISTORY and value > factor * statistics.median(recent):

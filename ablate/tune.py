@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ablate.config import TuneConfig
+from ablate.fairness import override_key
 
 
 def lr_grid(base_lr: float, tune: TuneConfig) -> list[float]:
@@ -31,10 +32,10 @@ def lr_grid(base_lr: float, tune: TuneConfig) -> list[float]:
 def tuning_overrides(overrides: Sequence[str], tune: TuneConfig, lr: float) -> list[str]:
     """A job's overrides turned into its arm's tuning run at `lr`: the init seed replaced by
     tune.seed, the budget by tune.tokens, no evaluation at the end."""
-    keep = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("seed", "train.tokens",
-                                                                              "train.eval_at_end", "optim.lr")]
-    tokens = [f"train.tokens={tune.tokens}"] if tune.tokens else [o for o in overrides if o.startswith("train.tokens=")]
-    return [*keep, f"seed={tune.seed}", *tokens, "train.eval_at_end=false", f"optim.lr={lr:.6g}"]
+    replaced = {"seed", "train.eval_at_end", "optim.lr", *(["train.tokens"] if tune.tokens else [])}
+    keep = [o for o in overrides if override_key(o)[0] not in replaced]
+    budget = [f"train.tokens={tune.tokens}"] if tune.tokens else []
+    return [*keep, f"seed={tune.seed}", *budget, "train.eval_at_end=false", f"optim.lr={lr:.6g}"]
 
 
 @dataclass
