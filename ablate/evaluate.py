@@ -46,7 +46,7 @@ from ablate.rundir import RunDir, RunError, runs_in, write_json, write_text
 
 log = logging.getLogger("ablate.eval")
 PROBE_TASKS = {"ablate_agreement": "agreement", "ablate_recall": "recall", "ablate_copy": "copy",
-               "ablate_heldout": "heldout"}
+               "ablate_length": "length", "ablate_nesting": "nesting", "ablate_heldout": "heldout"}
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 
 
@@ -240,7 +240,7 @@ def probe_dir(cache_dir: str, seed: int, n: int) -> Path:
         docs = list(documents(seed + 1, n_words=max(20_000, 40 * n)))
         (tmp / "heldout.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
-    return cached_dir(Path(cache_dir) / f"probes-v3-seed{seed}-n{n}", build)
+    return cached_dir(Path(cache_dir) / f"probes-v5-seed{seed}-n{n}", build)
 
 
 # ---- length extrapolation -----------------------------------------------------------------------

@@ -177,6 +177,7 @@ def run_values(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     ok["key"] = ok.task + "|" + ok.metric
     values = ok.pivot_table(index="run", columns="key", values="value", aggfunc="first", dropna=False)
     ses = ok.pivot_table(index="run", columns="key", values="stderr", aggfunc="first", dropna=False)
+    values.attrs, ses.attrs = {}, {}  # not the collection's (its per-item arrays cannot be compared)
     return values, ses
 
 
@@ -213,8 +214,8 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     if average_tasks:
         chance = {c.key: c.chance or 0.0 for c in columns}
         values["average|acc"] = values[average_tasks].mean(axis=1, skipna=False)
-        values["average|acc_chance_adj"] = pd.concat(
-            [(values[k] - chance[k]) / (1 - chance[k]) for k in average_tasks], axis=1).mean(axis=1, skipna=False)
+        guess = pd.Series({k: chance[k] for k in average_tasks})
+        values["average|acc_chance_adj"] = ((values[average_tasks] - guess) / (1 - guess)).mean(axis=1, skipna=False)
         # a run's item-level error of the mean over tasks (disjoint items, so independent within a run)
         ses["average|acc"] = np.sqrt((ses[average_tasks] ** 2).sum(axis=1, min_count=1)) / len(average_tasks)
         ses["average|acc_chance_adj"] = ses["average|acc"]
@@ -406,7 +407,41 @@ def verdict(summary: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
         runs_each = f"{k[0]} runs each" if len(k) == 1 else f"{k[0]} to {k[-1]} runs each"
         lines.append(f"**{c.label}** ({direction}, {runs_each}): {'; '.join(words)}{tied} "
                      f"(pairwise Welch over runs, Holm-adjusted, 5%).")
-    return lines
+    held = extrapolation_verdict(summary)
+    return [*lines, held] if held else lines
+
+
+def extrapolation_verdict(summary: pd.DataFrame) -> str | None:
+    """Which variants hold their perplexity beyond the training length: per run, perplexity at the
+    longest length measured over perplexity at 1x; per variant, the geometric mean of that ratio
+    with its 95% interval (t over runs on the log ratio), and whether it differs from 1 (t-test,
+    Holm-adjusted over the variants). None without an extrapolation suite."""
+    values, runs, notes = summary.attrs["values"], summary.attrs["runs"], summary.attrs["notes"]
+    lengths = {float(k.split("|")[0].removeprefix("extrapolation_").rstrip("x")): k for k in values.columns
+               if k.startswith("extrapolation_") and k.endswith("|perplexity") and values[k].notna().any()}
+    if 1.0 not in lengths or max(lengths) <= 1.0:
+        return None
+    longest, key, at_1x = max(lengths), lengths[max(lengths)], lengths[1.0]
+    ratios = {v: np.log(values.reindex(runs[v])[key] / values.reindex(runs[v])[at_1x]).dropna().to_numpy()
+              for v in summary.index}
+    tested = [v for v, r in ratios.items() if len(r) >= 2]
+    p = dict(zip(tested, stats.holm([stats.one_sample_p(ratios[v]) for v in tested])))
+    parts = []
+    for v in sorted(summary.index, key=lambda v: ratios[v].mean() if len(ratios[v]) else math.inf):
+        r = ratios[v]
+        if not len(r):
+            why = notes.get((v, key), "no value")
+            parts.append(f"`{v}`: not measured at {longest:g}x ({why})")
+        elif len(r) == 1:
+            parts.append(f"`{v}` {_fmt(math.exp(r[0]))} (one run: no interval)")
+        else:
+            iv = stats.interval(r)
+            word = ("no change detected" if p[v] >= stats.ALPHA else "worse" if r.mean() > 0 else "better")
+            parts.append(f"`{v}` {_fmt(math.exp(iv.mean))} [{_fmt(math.exp(iv.low))}, {_fmt(math.exp(iv.high))}] "
+                         f"{word}")
+    return (f"**extrapolation** (perplexity at {longest:g}x the training length over perplexity at 1x, per run; "
+            f"geometric mean [95% interval] over runs; worse / better: differs from 1, t-test Holm-adjusted over "
+            f"variants, 5%): " + "; ".join(parts) + ".")
 
 
 def _verdict_columns(summary: pd.DataFrame) -> list[Column]:

@@ -57,6 +57,16 @@ def interval(values: np.ndarray, item_se: float = math.nan, level: float = 0.95)
     return Interval(mean, math.nan, math.nan, 1, "")
 
 
+def one_sample_p(values: np.ndarray, null: float = 0.0) -> float:
+    """Two-sided p of Student's t for the mean of `values` (two or more) being `null`."""
+    values = np.asarray(values, dtype=float)
+    sd = values.std(ddof=1)
+    if sd == 0:
+        return 1.0 if values.mean() == null else 0.0
+    t = (values.mean() - null) / (sd / math.sqrt(len(values)))
+    return float(2 * stats.t.sf(abs(t), len(values) - 1))
+
+
 @dataclass(frozen=True)
 class Comparison:
     delta: float  # variant - baseline

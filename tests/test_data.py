@@ -35,8 +35,11 @@ def test_no_probe_item_appears_in_training_text():
         assert item["context"] not in text
     for item in probes["copy"]:
         assert item["context"].partition(" |")[0] not in text
-    # and training does contain the three kinds of structure the probes test
-    assert "themselves ." in text and " ask " in text and "copy : " in text
+    for task in ("length", "nesting"):
+        for item in probes[task]:
+            assert item["sentence_good"] not in text and item["sentence_bad"] not in text
+    # and training does contain the four kinds of structure the probes test
+    assert "themselves ." in text and " ask " in text and "copy : " in text and "nest : ( " in text
 
 
 def test_probes_are_well_formed_minimal_pairs_and_queries():
@@ -46,11 +49,16 @@ def test_probes_are_well_formed_minimal_pairs_and_queries():
         assert len(good) == len(bad) and sum(g != b for g, b in zip(good, bad)) == 1
     assert {i["distance"] for i in probes["agreement"]} == {0, 1, 2, 3, 4}
     assert {i["phenomenon"] for i in probes["agreement"]} == {"subject_verb", "anaphor"}
+    tables: dict[str, list[dict]] = {}
     for item in probes["recall"]:
         key = item["context"].split()[-1]
         table = item["context"].split(" . ask ")[0].removeprefix("table : ").split(" , ")
         value = dict(pair.split() for pair in table)[key]
-        assert item["choices"][item["gold"]] == value
+        assert item["choices"][item["gold"]] == value and len(set(item["choices"])) == item["n_pairs"] == len(table)
+        tables.setdefault(item["context"].split(" . ask ")[0], []).append(item)
+    for items in tables.values():  # each table asked for each key once: every choice is gold once
+        assert sorted(i["gold"] for i in items) == list(range(len(items))) == sorted(i["slot"] for i in items)
+    assert {i["n_pairs"] for i in probes["recall"]} == set(range(2, 9))
     spans: dict[int, list[dict]] = {}
     for item in probes["copy"]:
         spans.setdefault(item["item"], []).append(item)
@@ -60,11 +68,38 @@ def test_probes_are_well_formed_minimal_pairs_and_queries():
         assert [r["position"] for r in rows] == list(range(len(span.split())))
         assert [r["continuation"].strip() for r in rows] == span.split()
         assert copied.split() == span.split()[:-1]
+    for item in probes["length"]:  # the same words, in the same order; only where the copy ends differs
+        good, bad = item["sentence_good"], item["sentence_bad"]
+        source, _, copy = good.removeprefix("copy : ").removesuffix(" .").partition(" | ")
+        bad_source, _, bad_copy = bad.removeprefix("copy : ").removesuffix(" .").partition(" | ")
+        assert source == copy and len(source.split()) == item["length"]
+        assert bad_source.split() == [*source.split(), bad_source.split()[-1]] and bad_copy.split() == copy.split()[:-1]
+        assert len(good.split()) == len(bad.split())
+    assert {i["length"] for i in probes["length"]} == set(range(6, 17))
+    for item in probes["nesting"]:
+        good = item["sentence_good"].removeprefix("nest : ").removesuffix(" .").split()
+        bad = item["sentence_bad"].removeprefix("nest : ").removesuffix(" .").split()
+        assert _balanced(good) and not _balanced(bad)
+        (at,) = [i for i, (g, b) in enumerate(zip(good, bad)) if g != b]
+        assert good[at] in ")]" and bad[at] in ")]" and len(good) == 2 * item["n_pairs"]
+        assert good[at - item["distance"]] == {")": "(", "]": "["}[good[at]]  # the opener it closes
+        assert 1 <= item["depth"] <= 4 and item["distance"] >= 3
+    assert {i["depth"] for i in probes["nesting"]} == {1, 2, 3}
+
+
+def _balanced(tokens: list[str]) -> bool:
+    stack = []
+    for t in tokens:
+        if t in "([":
+            stack.append(t)
+        elif not stack or {")": "(", "]": "["}[t] != stack.pop():
+            return False
+    return not stack
 
 
 def test_write_probes(tmp_path):
     paths = write_probes(tmp_path, seed=5, n=20)
-    assert sorted(paths) == ["agreement", "copy", "recall"]
+    assert sorted(paths) == ["agreement", "copy", "length", "nesting", "recall"]
     rows = [json.loads(line) for line in paths["agreement"].read_text().splitlines()]
     assert len(rows) == 20 and "sentence_good" in rows[0]
 

@@ -55,7 +55,7 @@ def test_parity_with_lm_eval_hf_backend(trained, cache_dir, tmp_path):
     probes = probe_dir(str(cache_dir), 1234, 60)
     files = {t: str(probes / f"{n}.jsonl") for t, n in (("ablate_agreement", "agreement"),
                                                         ("ablate_recall", "recall"), ("ablate_copy", "copy"),
-                                                        ("ablate_heldout", "heldout"))}
+                                                        ("ablate_nesting", "nesting"), ("ablate_heldout", "heldout"))}
     gen = tmp_path / "gen"
     gen.mkdir()
     (gen / "copy_gen.yaml").write_text(
@@ -89,7 +89,9 @@ def test_ablate_eval_writes_lm_eval_results(trained):
     out = run_cli("ablate.evaluate", f"run={trained}", "eval.probe_items=60")
     assert "probes ->" in out.stdout and "extrapolation ->" in out.stdout
     probes = json.loads((trained / "eval" / "probes.json").read_text())
-    assert set(probes["results"]) == {"ablate_agreement", "ablate_recall", "ablate_copy", "ablate_heldout"}
+    assert set(probes["results"]) == {"ablate_agreement", "ablate_length", "ablate_nesting", "ablate_recall",
+                                      "ablate_copy", "ablate_heldout"}
+    assert probes["chance"]["ablate_length"]["acc"] == probes["chance"]["ablate_nesting"]["acc"] == 0.5
     assert 0 <= probes["results"]["ablate_agreement"]["acc,none"] <= 1
     assert probes["results"]["ablate_agreement"]["acc_stderr,none"] > 0  # lm-eval's stderr, kept
     assert "configs" in probes and "versions" in probes and probes["config"]["model"] == "ablate"

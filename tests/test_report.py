@@ -232,3 +232,35 @@ def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
     width = pd.read_csv(tmp_path / "width" / "default" / "report" / "comparisons.csv").set_index("metric")
     width = width.loc["train|val_loss"]
     assert width.delta < 0 and width.ci_high < 0  # the wider model's loss is lower, by a margin
+
+
+def test_extrapolation_verdict_says_which_variants_hold_with_intervals(tmp_path):
+    """Per run, perplexity at the longest length over that at 1x; per variant, its geometric mean,
+    interval and whether it differs from 1 (Holm over variants); a variant without the longest
+    length is named, with why."""
+    from ablate.report import extrapolation_verdict
+
+    root = tmp_path / "exp"
+    for seed, (alibi, rope, sinusoidal) in enumerate([(20.0, 26.0, 40.0), (20.4, 27.0, 44.0), (19.8, 26.5, 41.0)]):
+        make_run(root, "alibi", seed, acc=0.6, ppl={1: 20.0 + seed / 10, 8: alibi})
+        make_run(root, "rope", seed, acc=0.6, ppl={1: 20.0, 8: rope})
+        make_run(root, "sinusoidal", seed, acc=0.6, ppl={1: 20.0, 8: sinusoidal})
+        make_run(root, "learned", seed, acc=0.6, ppl={1: 21.0})
+    line = extrapolation_verdict(summarize(collect(root)))
+    parts = {p.split("`")[1]: p for p in line.split(": ", 1)[1].rstrip(".").split("; ")}
+    assert list(parts) == ["alibi", "rope", "sinusoidal", "learned"]  # best held first
+    assert "no change detected" in parts["alibi"] and "worse" in parts["rope"] and "worse" in parts["sinusoidal"]
+    ratios = np.log([26.0 / 20, 27.0 / 20, 26.5 / 20])
+    low = math.exp(ratios.mean() - scipy_stats.t.ppf(0.975, 2) * ratios.std(ddof=1) / math.sqrt(3))
+    assert f"`rope` {math.exp(ratios.mean()):.3f} [{low:.3f}, " in parts["rope"]
+    assert "not measured at 8x" in parts["learned"]
+    assert line.startswith("**extrapolation** (perplexity at 8x the training length over perplexity at 1x")
+    # one run each: the ratio, and no claim
+    one = tmp_path / "one"
+    make_run(one, "alibi", 0, acc=0.6, ppl={1: 20.0, 2: 20.0})
+    make_run(one, "rope", 0, acc=0.6, ppl={1: 20.0, 2: 30.0})
+    assert "`rope` 1.500 (one run: no interval)" in extrapolation_verdict(summarize(collect(one)))
+    no_extrapolation = tmp_path / "none"
+    make_run(no_extrapolation, "alibi", 0, acc=0.6)
+    make_run(no_extrapolation, "rope", 0, acc=0.6)
+    assert extrapolation_verdict(summarize(collect(no_extrapolation))) is None

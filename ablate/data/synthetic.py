@@ -1,6 +1,6 @@
 """The built-in corpus: a small English-like language whose structure separates architectures.
 
-Three kinds of segment, mixed within each document:
+Four kinds of segment, mixed within each document (shares in SEGMENT_MIX):
 
     agreement  "the tall dog near the red cats that sees the bird quickly runs ."
                subject-verb number agreement and reflexive (himself / herself / itself / themselves)
@@ -8,7 +8,16 @@ Three kinds of segment, mixed within each document:
     recall     "table : zuka lo , mibe ra , ... . ask mibe ra ask zuka lo ."
                key-value pairs then queries (multi-query associative recall, as in Zoology)
     copy       "copy : w1 w2 ... wn | w1 w2 ... wn ."
-               a random span repeated (copying / induction heads)
+               a random span repeated (copying / induction heads; where the copy ends is a matter
+               of counting: it is as long as its source)
+    nesting    "nest : ( [ ] ( ) ) ."
+               balanced brackets of two kinds, up to 4 deep: each closer matches the innermost
+               open bracket (a stack, read at a distance)
+
+What a small model learns first differs by kind. At the quickstart's budget (about 100 steps of a
+4-layer, 128-wide model) agreement, nesting and the copy's length are learned, while recalling a
+value or copying a word, which need induction heads, stay at chance; they separate architectures
+at larger budgets (README: probes).
 
 Everything is a pure function of a seed: no files are shipped and nothing is downloaded. Probe
 items for evaluation come from another seed and from a reserved slice of the item space (a CRC of
@@ -57,6 +66,10 @@ KEYS = sorted({c1 + v1 + c2 + v2 for c1 in _CONSONANTS for v1 in _VOWELS for c2 
 VALUES = sorted({c + v for c in _CONSONANTS for v in _VOWELS})  # 70 one-syllable values
 COPY_WORDS = sorted({w for n in NOUNS for w in n[:2]} | set(OBJECTS) | set(ADJECTIVES) | set(ADVERBS)
                     | {w for v in VERBS_T + VERBS_I for w in v} | set(VALUES))
+
+OPENERS, CLOSERS = ("(", "["), (")", "]")
+SEGMENT_MIX = {"agreement": 0.45, "recall": 0.15, "copy": 0.25, "nesting": 0.15}
+MAX_DEPTH = 4  # of the bracket sequences
 
 PROBE_SLICE = 64  # items whose signature's CRC % PROBE_SLICE == 0 belong to the probes only
 # A minimal pair's two sentences differ in one agreeing word; the signature erases that difference
@@ -133,30 +146,49 @@ class Language:
             [r for r in (*REFLEXIVE.values(), "themselves") if r != right])
         return Pair(f"{head} {verb} {right} .", f"{head} {verb} {wrong} .", "anaphor", distance)
 
-    def recall(self, n_pairs: int | None = None, n_queries: int | None = None) -> tuple[str, list[tuple[str, str]]]:
-        """'table : k v , ... .' and the (key, value) pairs, in order."""
+    def recall(self, n_pairs: int | None = None, distinct: bool = False) -> tuple[str, list[tuple[str, str]]]:
+        """'table : k v , ... .' and the (key, value) pairs, in order (`distinct`: no value twice)."""
         rng = self.rng
         n_pairs = n_pairs or rng.randint(3, 12)
         keys = rng.sample(KEYS, n_pairs)
-        values = [rng.choice(VALUES) for _ in keys]
+        values = rng.sample(VALUES, n_pairs) if distinct else [rng.choice(VALUES) for _ in keys]
         table = "table : " + " , ".join(f"{k} {v}" for k, v in zip(keys, values)) + " ."
         return table, list(zip(keys, values))
 
     def copy_span(self, length: int | None = None) -> str:
         return " ".join(self.rng.choices(COPY_WORDS, k=length or self.rng.randint(5, 20)))
 
+    def brackets(self, n_pairs: int | None = None) -> list[str]:
+        """A balanced sequence of n_pairs bracket pairs of two kinds, at most MAX_DEPTH deep."""
+        rng, out, stack = self.rng, [], []
+        left = n_pairs or rng.randint(2, 8)
+        while left or stack:
+            if left and (not stack or (len(stack) < MAX_DEPTH and rng.random() < 0.5)):
+                kind = rng.randrange(2)
+                stack.append(kind)
+                out.append(OPENERS[kind])
+                left -= 1
+            else:
+                out.append(CLOSERS[stack.pop()])
+        return out
+
     def segment(self) -> tuple[str, list[str]]:
         """A training segment and the texts in it that a probe item could equal."""
-        r = self.rng.random()
-        if r < 0.6:
+        r, mix = self.rng.random(), SEGMENT_MIX
+        if r < mix["agreement"]:
             good = self.agreement_pair().good
             return good, _views(good)
-        if r < 0.8:
+        r -= mix["agreement"]
+        if r < mix["recall"]:
             table, pairs = self.recall()
             asked = self.rng.sample(pairs, self.rng.randint(1, len(pairs)))
-            return table + "".join(f" ask {k} {v}" for k, v in asked) + " .", [f"{table} ask {asked[0][0]}"]
-        span = self.copy_span()
-        return f"copy : {span} | {span} .", [span]
+            return table + "".join(f" ask {k} {v}" for k, v in asked) + " .", [table]
+        r -= mix["recall"]
+        if r < mix["copy"]:
+            span = self.copy_span()
+            return f"copy : {span} | {span} .", [span]
+        sequence = " ".join(self.brackets())
+        return f"nest : {sequence} .", [sequence]
 
 
 def documents(seed: int, n_words: int, words_per_doc: int = 200) -> Iterator[str]:
@@ -181,27 +213,35 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
 
     agreement: BLiMP's fields (sentence_good, sentence_bad) plus phenomenon and distance, and the
                pair as `choices` (good first), which the task reads without a template.
-    recall:    context ending in "ask KEY", choices = every value of the table, gold = the index.
+    recall:    context ending in "ask KEY", choices = every value of the table, gold = the index; the
+               values of a table are distinct and each table is asked for every key (`slot` says
+               which), so a preference for a value or a place in the table scores chance exactly;
+               `n_pairs` 2-8.
     copy:      one row per word of a span: context "copy : SPAN | w1 .. w(j-1)", continuation " wj"
                (so the score is per word: partial copies count), `item` and `position` say which;
                n // 5 spans (at least 10) of 8-20 words, about 2.8 n rows.
+    length:    minimal pairs on where a copy ends: "copy : S | S ." against "copy : S w | S' ." whose
+               source is one word longer and whose copy stops one word short (the same words in
+               all); `length` is |S| (6-16). The words are known; only counting tells them apart.
+    nesting:   minimal pairs of bracket sequences: a balanced one against the same with one closer
+               of the wrong kind, a closer with at least one pair between it and its opener (an
+               adjacent pair is told by the previous token alone); `n_pairs`, and `depth` and
+               `distance` (tokens back to its opener) of the changed closer.
     """
     lang = Language(seed)
-    out: dict[str, list[dict]] = {"agreement": [], "recall": [], "copy": []}
+    out: dict[str, list[dict]] = {"agreement": [], "recall": [], "copy": [], "length": [], "nesting": []}
     while len(out["agreement"]) < n:
         pair = lang.agreement_pair()
         if reserved(pair.good):  # and so pair.bad: they share a signature
             out["agreement"].append({"sentence_good": pair.good, "sentence_bad": pair.bad,
                                      "phenomenon": pair.phenomenon, "distance": pair.distance,
                                      "choices": [pair.good, pair.bad]})
-    while len(out["recall"]) < n:
-        table, pairs = lang.recall(n_pairs=lang.rng.randint(4, 12))
-        key, value = lang.rng.choice(pairs)
-        context = f"{table} ask {key}"
-        if reserved(context):
-            choices = sorted({v for _, v in pairs})
-            out["recall"].append({"context": context, "choices": choices, "gold": choices.index(value),
-                                  "n_pairs": len(pairs)})
+    while len(out["recall"]) < n:  # every key of a table asked once: a preference for some value or
+        table, pairs = lang.recall(n_pairs=lang.rng.randint(2, 8), distinct=True)  # slot scores chance
+        if reserved(table):
+            choices = sorted(v for _, v in pairs)
+            out["recall"] += [{"context": f"{table} ask {key}", "choices": choices, "gold": choices.index(value),
+                               "n_pairs": len(pairs), "slot": i} for i, (key, value) in enumerate(pairs)]
     spans = 0
     while spans < max(10, n // 5):
         span = lang.copy_span(lang.rng.randint(8, 20))
@@ -211,7 +251,39 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
                              "continuation": f" {words[j]}", "item": spans, "position": j}
                             for j in range(len(words))]
             spans += 1
+    while len(out["length"]) < n:
+        length = lang.rng.randint(6, 16)
+        words = lang.copy_span(length + 1).split(" ")
+        span = " ".join(words[:length])
+        if reserved(span):
+            good = f"copy : {span} | {span} ."
+            bad = f"copy : {' '.join(words)} | {' '.join(words[:length - 1])} ."
+            out["length"].append({"sentence_good": good, "sentence_bad": bad, "length": length,
+                                  "choices": [good, bad]})
+    while len(out["nesting"]) < n:
+        tokens = lang.brackets()
+        sequence = " ".join(tokens)
+        far = [i for i, t in enumerate(tokens) if t in CLOSERS and _opener(tokens, i)[0] < i - 1]
+        if far and reserved(sequence):  # a closer with something between it and its opener
+            at = lang.rng.choice(far)
+            opener, depth = _opener(tokens, at)
+            wrong = list(tokens)
+            wrong[at] = CLOSERS[1 - CLOSERS.index(tokens[at])]
+            good, bad = f"nest : {sequence} .", f"nest : {' '.join(wrong)} ."
+            out["nesting"].append({"sentence_good": good, "sentence_bad": bad, "n_pairs": len(tokens) // 2,
+                                   "depth": depth, "distance": at - opener, "choices": [good, bad]})
     return out
+
+
+def _opener(tokens: list[str], at: int) -> tuple[int, int]:
+    """The index of the opener that the closer at `at` matches, and the depth there (1: outermost)."""
+    stack = []
+    for i, t in enumerate(tokens[:at]):
+        if t in OPENERS:
+            stack.append(i)
+        else:
+            stack.pop()
+    return stack[-1], len(stack)
 
 
 # Accuracy a model gets by guessing, per probe (agreement and recall: one over the number of
