@@ -106,11 +106,14 @@ def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
-    """The whole check of a run's config: its numbers (RunConfig.validate) and its named choices,
-    each checked beside its registry (model axes, data source). Returns cfg."""
+    """The whole check of a run's config, after a ladder rung has set its shape and budget
+    (ablate.ladder.apply): its numbers (RunConfig.validate) and its named choices, each checked
+    beside its registry (model axes, data source). Returns cfg."""
     from ablate.data.sources import check_data
+    from ablate.ladder import apply
     from ablate.model import check_model
 
+    apply(cfg)  # a ladder's rung sets the shape and the budget
     cfg.validate()
     check_model(cfg.model, "model")
     check_data(cfg.data, "data")

@@ -314,6 +314,18 @@ class TuneConfig:
 
 
 @dataclass
+class LadderConfig:
+    """One rung of a ladder of model sizes (ablate.ladder): with `size` set, the model's width,
+    depth and heads and the token budget follow from it; null: no ladder."""
+
+    size: int | None = None  # the rung: model.dim
+    tokens_per_param: float | None = 20.0  # train.tokens = this x non-embedding parameters; null: train.tokens
+    aspect: int = 64  # width per layer: model.n_layers = round(size / aspect), at least min_layers
+    min_layers: int = 2
+    head_dim: int = 64  # model.attention.n_heads = size / head_dim (at least 1)
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs; what config.yaml in a run directory holds."""
 
@@ -330,6 +342,7 @@ class RunConfig:
     cost: CostConfig = operational(factory=CostConfig)
     fairness: FairnessConfig = operational(factory=FairnessConfig)
     tune: TuneConfig = operational(factory=TuneConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -374,6 +387,14 @@ class RunConfig:
             raise ConfigError("tune.lr_multipliers", self.tune.lr_multipliers, "must all be positive")
         if self.tune.tokens is not None and self.tune.tokens < t.batch_tokens:
             raise ConfigError("tune.tokens", self.tune.tokens, f"smaller than one batch ({t.batch_tokens} tokens)")
+        lad = self.ladder
+        if lad.size is not None and lad.size < 1:
+            raise ConfigError("ladder.size", lad.size, "must be a positive width or null")
+        if lad.tokens_per_param is not None and lad.tokens_per_param <= 0:
+            raise ConfigError("ladder.tokens_per_param", lad.tokens_per_param, "must be positive or null")
+        for name in ("aspect", "min_layers", "head_dim"):
+            if getattr(lad, name) < 1:
+                raise ConfigError(f"ladder.{name}", getattr(lad, name), "must be a positive integer")
         if not 0 <= self.fairness.param_tolerance < 1:
             raise ConfigError("fairness.param_tolerance", self.fairness.param_tolerance, "must be in [0, 1)")
         if self.data.tokenizer == "bpe" and self.data.vocab_size < 257:

@@ -52,7 +52,12 @@ def varying(configs: Sequence[dict[str, Any]]) -> list[str]:
     run (identity) or are set by ablate itself (derived) are never an axis."""
     configs = list(configs)
     keys = sorted({k for c in configs for k in c if not k.startswith(NOT_ARMS)})
-    return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+    differ = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+    if "ladder.size" in differ:  # a ladder: the rung's size names what follows from it
+        from ablate.ladder import DERIVED
+
+        differ = [k for k in differ if k == "ladder.size" or k not in DERIVED]
+    return differ
 
 
 def variant_name(cfg: dict[str, Any], axes: Sequence[str]) -> str:
@@ -185,14 +190,31 @@ def check(job_overrides: Sequence[Sequence[str]], configs: Sequence[RunConfig], 
     from ablate.model import model_facts
 
     facts = {a.name: model_facts(a.config.model, a.config.seq_len) for a in arms}
-    _config_differences(arms, axes, result)
-    _parameters(arms, facts, axes, configs[0].fairness.param_tolerance, result)
+    tolerance = configs[0].fairness.param_tolerance
+    sizes = list(dict.fromkeys(a.config.ladder.size for a in arms))
+    _config_differences(arms, axes, result)  # a ladder's rungs differ in what follows from ladder.size
+    if len(sizes) > 1 and None not in sizes:  # a ladder: arms are compared within each rung
+        result.notes.append("differs by design: each rung's shape and budget (model.dim, model.n_layers, "
+                            "model.attention.n_heads and train.tokens follow from ladder.size)")
+        for size in sizes:
+            rung = [a for a in arms if a.config.ladder.size == size]
+            if len(rung) > 1:
+                _parameters(rung, facts, axes, tolerance, result, f"rung size={size}: ")
+                _treatment(rung, facts, result)
+    else:
+        _parameters(arms, facts, axes, tolerance, result)
+        _treatment(arms, facts, result)
+    return result
+
+
+def _treatment(arms: Sequence[Arm], facts: dict[str, Any], result: Fairness) -> None:
+    """The optimizer's treatment of each parameter and the init scales, where nothing the arms
+    differ in explains a difference."""
     differ = varying([a.flat for a in arms])
     if _explained(differ, OPTIMIZER_FIELDS, "optimizer treatment", result):
         _optimizer(arms, result)
     if _explained(differ, INIT_FIELDS, "init scales", result):
         _init(arms, facts, result)
-    return result
 
 
 def _explained(differ: Sequence[str], fields: Sequence[str], what: str, result: Fairness) -> bool:
@@ -215,25 +237,25 @@ def _config_differences(arms: Sequence[Arm], axes: Sequence[str], result: Fairne
 
 
 def _parameters(arms: Sequence[Arm], facts: dict[str, Any], axes: Sequence[str], tolerance: float,
-                result: Fairness) -> None:
-    counts = [f.non_embedding_params for f in facts.values()]
+                result: Fairness, where: str = "") -> None:
+    counts = [facts[a.name].non_embedding_params for a in arms]
     spread = (max(counts) - min(counts)) / max(counts)
     listing = _values(arms, lambda a: f"{facts[a.name].non_embedding_params / 1e6:.3f}M")
     sized = "params" in axes or any(a in SIZE_FIELDS or _covered(a, SIZE_FIELDS[1:]) for a in axes)
     if spread <= tolerance:
         how = " (model.match_mha_params=true)" if any(a.config.model.match_mha_params for a in arms) else ""
-        result.notes.append(f"matched: non-embedding parameters within {spread:.1%}{how}: {listing}")
+        result.notes.append(f"{where}matched: non-embedding parameters within {spread:.1%}{how}: {listing}")
     elif sized:
-        result.notes.append(f"differs by design: non-embedding parameters ({spread:.1%}): {listing}")
+        result.notes.append(f"{where}differs by design: non-embedding parameters ({spread:.1%}): {listing}")
     else:
         hint = ("; model.match_mha_params=true matches them" if any(_covered("model.attention.n_kv_heads", [a])
                                                                     for a in axes) else "")
-        result.confounds.append(f"confound: non-embedding parameters differ by {spread:.1%} "
+        result.confounds.append(f"confound: {where}non-embedding parameters differ by {spread:.1%} "
                                 f"(over fairness.param_tolerance={tolerance:g}): {listing}{hint}")
     for key, label in (("flops_per_token", "FLOPs/token"), ("kv_bytes_per_token", "KV bytes/token")):
-        values = [getattr(f, key) for f in facts.values()]
+        values = [getattr(facts[a.name], key) for a in arms]
         if (max(values) - min(values)) / max(values) > 0.005:
-            result.notes.append(f"differs by design: {label}: "
+            result.notes.append(f"{where}differs by design: {label}: "
                                 f"{_values(arms, lambda a, k=key: f'{getattr(facts[a.name], k):.3g}')}")
 
 

@@ -1,7 +1,7 @@
 """`ablate-report experiment=NAME` (or a path): runs -> one tidy DataFrame -> a verdict, tables
 and plots whose every mark survives seed noise and multiple comparisons.
 
-    ablate-report experiment=positions [results_dir=results] [baseline=rope]
+    ablate-report experiment=positions [results_dir=results] [baseline=rope] [target_flops=1e21]
 
 Writes results/<experiment>/report/: table.md (what the arms hold equal and any confound, from the
 sweep's fairness.json; the verdict; each arm's chosen LR under +tune=lr; then a narrow table of the
@@ -11,7 +11,10 @@ interval, p, Holm-adjusted p, the test), noise.csv (per metric: the noise of a r
 signal-to-noise, the smallest difference the seeds could detect), loss.png, extrapolation.png,
 scores.png, deltas.png, lr_sensitivity.png (+tune=lr); prints table.md. Works on any run
 directories, complete or not: failed, diverged, running and missing runs, stale evaluations and runs
-without one appear as such and are never averaged in.
+without one appear as such and are never averaged in. A ladder (a sweep over ladder.size) also
+gets ladder.csv (fits of loss against compute per variant, with the prediction at target_flops),
+decisions.csv (each pair of variants at each rung, and whether it agrees with the largest),
+scaling.png and ranks.png, and a Ladder section in table.md.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablate import stats
+from ablate import ladder, stats
 from ablate.cli import command, key_values
 from ablate.fairness import variant_name, varying
+from ablate.ladder import rung_label
 from ablate.registry import ConfigError
 from ablate.rundir import ExperimentDir, RunDir, flatten
 
@@ -68,10 +72,16 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     axes = varying([*configs.values(), *missing.values()])
     if root.tuning() is not None:  # each arm at its own LR: the LR names no arm
         axes = [a for a in axes if a != "optim.lr"]
+    ladder = "ladder.size" in axes  # the rung apart: an arm is the variant at every size
+    arm_axes = [a for a in axes if a != "ladder.size"]
+
+    def who(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {"variant": variant_name(cfg, axes), "rung": rung_label(cfg) if ladder else None,
+                "arm": variant_name(cfg, arm_axes) if ladder else None}
+
     rows: list[dict[str, Any]] = [
         {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "data_seed": cfg.get("data.seed", 0),
-         "variant": variant_name(cfg, axes), "task": "eval", "metric": "missing", "value": math.nan,
-         "stderr": math.nan}
+         **who(cfg), "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan}
         for name, cfg in missing.items()]
     stale: dict[tuple[str, str], str] = {}
     chance: dict[str, float] = {}
@@ -81,8 +91,8 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
         cfg = configs[run.name]
         summary = run.summary() or {"status": "never started"}
         base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
-                "data_seed": cfg.get("data.seed", 0), "variant": variant_name(cfg, axes)}
-        for key in ("val_loss", "val_ppl", "train_loss", *COST, *STABILITY):
+                "data_seed": cfg.get("data.seed", 0), **who(cfg)}
+        for key in ("val_loss", "val_ppl", "train_loss", "tokens_seen", *COST, *STABILITY):
             if key in summary:
                 rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
         diverged = sum(a.get("status") == "diverged" for a in summary.get("attempts", []))
@@ -403,6 +413,10 @@ def verdict(summary: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
                 groups.append([v])
         words = [("best: " if i == 0 else "then: ") + " = ".join(named[v] for v in g) for i, g in enumerate(groups)]
         tied = "; variants joined by = cannot be told apart" if any(len(g) > 1 for g in groups) else ""
+        # a group is cut where a variant is apart from the group's first; it may still be close to the others
+        across = [f"`{a}` and `{b}`" for i, g in enumerate(groups[:-1]) for a in g for b in groups[i + 1]
+                  if not apart[(a, b)]]
+        tied += f"; nor can {', '.join(across)}, in groups next to each other" if across else ""
         k = sorted({len(x) for x in have.values()})
         runs_each = f"{k[0]} runs each" if len(k) == 1 else f"{k[0]} to {k[-1]} runs each"
         lines.append(f"**{c.label}** ({direction}, {runs_each}): {'; '.join(words)}{tied} "
@@ -739,8 +753,10 @@ def _save(fig, path: Path, note: str = "") -> Path:
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str, Path]:
-    """Build the verdict, tables and plots of an experiment; returns the files written."""
+def report(experiment_dir: str | Path, baseline: str | None = None,
+           target_flops: float | None = None) -> dict[str, Path]:
+    """Build the verdict, tables and plots of an experiment (and, for a ladder, its fits and
+    decisions: ablate.ladder, predicting at `target_flops`); returns the files written."""
     experiment = ExperimentDir(experiment_dir)
     df = collect(experiment.path)
     out = experiment.report_dir
@@ -766,6 +782,15 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
     noise_table.to_csv(written["noise"], index=False)
     tex = full.to_latex(escape=True)  # booktabs rules
     written["tex"].write_text(tex.replace("±", r"$\pm$"))
+    rungs = ladder.analyse(df, target_flops) if df.rung.notna().any() else {}
+    if rungs:
+        written["ladder"], written["decisions"] = out / "ladder.csv", out / "decisions.csv"
+        rungs["fits"].to_csv(written["ladder"], index=False)
+        rungs["decisions"].to_csv(written["decisions"], index=False)
+        at = text.index("## Main metrics") if "## Main metrics" in text else len(text)
+        text = text[:at] + "\n".join(rungs["lines"]) + "\n" + text[at:]
+        written["md"].write_text(text)
+        written.update({p.stem: p for p in ladder.plot(rungs, out)})
     for path in [*plot(experiment.path, df, summary, comps, out), plot_lr_sensitivity(experiment, out)]:
         if path is not None:
             written[path.stem] = path
@@ -775,7 +800,7 @@ def report(experiment_dir: str | Path, baseline: str | None = None) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     def body(argv: list[str]) -> int:
-        args = key_values(argv, ("experiment", "path", "results_dir", "baseline"))
+        args = key_values(argv, ("experiment", "path", "results_dir", "baseline", "target_flops"))
         root = Path(args.get("results_dir", "results"))
         if "experiment" not in args and "path" not in args:
             raise ConfigError("argument", sorted(args), "say experiment=NAME or path=DIR")
@@ -783,7 +808,11 @@ def main(argv: list[str] | None = None) -> int:
         if not target.is_dir():
             there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
             raise ConfigError("experiment", str(target), "no such directory", valid=there or None)
-        for name, path in report(target, args.get("baseline")).items():
+        try:
+            target_flops = float(args["target_flops"]) if "target_flops" in args else None
+        except ValueError:
+            raise ConfigError("target_flops", args["target_flops"], "must be a number of FLOPs, e.g. 1e21") from None
+        for name, path in report(target, args.get("baseline"), target_flops).items():
             print(f"{name}: {path}")
         return 0
 

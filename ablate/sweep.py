@@ -241,4 +241,28 @@ def plan_table(jobs: list[Job], config: Any, title: str = "") -> str:
     todo = sum(j.launch for j in jobs)
     kept = sum(j.status == "diverged" and not j.launch for j in jobs)
     note = f"; {kept} diverged runs kept as they are (train.retry_diverged=true retries them)" if kept else ""
-    return "\n".join([header, *lines, f"to run: {todo} jobs, {total:.3g} GPU-hours{note}"])
+    return "\n".join([header, *lines, f"to run: {todo} jobs, {total:.3g} GPU-hours{note}",
+                      *rung_table(jobs, flops * mfu)])
+
+
+def rung_table(jobs: list[Job], flops: float) -> list[str]:
+    """A ladder's rungs, one line each: shape, parameters, tokens, training FLOPs and GPU-hours
+    per run, and how many runs (nothing when the jobs are no ladder)."""
+    rungs: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        lad = job.config.ladder
+        if lad.size is not None:
+            rungs.setdefault((lad.size, lad.tokens_per_param), []).append(job)
+    if len(rungs) < 2:
+        return []
+    lines = ["ladder rungs (per run):", "   size  layers  heads  non-emb. params        tokens  tokens/param"
+             "  train FLOPs  GPU-hours  runs"]
+    for (size, _), group in sorted(rungs.items(), key=lambda kv: kv[0][0]):
+        cfg = group[0].config
+        f = model_facts(cfg.model, cfg.seq_len)
+        total = cfg.train.tokens * f.flops_per_token
+        lines.append(f"{size:>7}  {cfg.model.n_layers:>6}  {cfg.model.attention.n_heads:>5}  "
+                     f"{f.non_embedding_params / 1e6:14.2f}M  {cfg.train.tokens:>12,}  "
+                     f"{cfg.train.tokens / f.non_embedding_params:12.1f}  {total:11.3g}  {total / flops / 3600:9.3g}  "
+                     f"{len(group):>4}")
+    return lines

@@ -55,7 +55,7 @@ def test_readme_command_composes(command, tmp_path):
     elif name == "ablate-eval":
         parse_eval(args)
     elif name == "ablate-report":
-        key_values(args, ("experiment", "path", "results_dir", "baseline"))
+        key_values(args, ("experiment", "path", "results_dir", "baseline", "target_flops"))
     elif name == "ablate-export":
         key_values(args, ("run", "out", "checkpoint"))
     else:

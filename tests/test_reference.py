@@ -1,5 +1,6 @@
-"""The README's reference quickstart table quotes the committed report: every number in it equals
-results/quickstart/report/table.csv at the precision the README prints."""
+"""The README's reference quickstart tables quote the committed report: every number in them equals
+results/quickstart/report/table.csv (means and interval half-widths) or noise.csv (signal-to-noise
+ratios) at the precision the README prints."""
 
 import math
 import re
@@ -9,33 +10,69 @@ import pytest
 
 from conftest import ROOT
 
-REPORT = ROOT / "results" / "quickstart" / "report" / "table.csv"
-COLUMNS = {"val loss": "train|val_loss", "agreement acc": "ablate_agreement|acc",
-           "average acc (chance-adj.)": "average|acc_chance_adj", "params (non-emb.)": "train|non_embedding_params",
-           "KV bytes/token": "train|kv_bytes_per_token",
-           **{f"ppl {x}": f"extrapolation_{x}|perplexity" for x in ("0.5x", "1x", "2x", "4x", "8x")}}
+REPORT = ROOT / "results" / "quickstart" / "report"
+COLUMNS = {"val loss": "train|val_loss", "length acc": "ablate_length|acc", "nesting acc": "ablate_nesting|acc",
+           "agreement acc": "ablate_agreement|acc", "recall acc": "ablate_recall|acc",
+           **{f"ppl {x}": f"extrapolation_{x}|perplexity" for x in ("1x", "2x", "8x")}}
+PROBE_COLUMNS = {"chance", "best", "best acc", "SNR"}
 
 
-def readme_table() -> pd.DataFrame:
+def readme_tables() -> list[pd.DataFrame]:
     text = (ROOT / "README.md").read_text().split("### The reference quickstart result")[1].split("\n## ")[0]
-    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
-    header, body = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[1:]]
-    return pd.DataFrame(body, columns=header).set_index("variant")
+    tables, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+            tables.append(pd.DataFrame(body, columns=header).set_index(header[0]))
+            rows = []
+    return tables
+
+
+def check(text: str, value: float, label: str) -> None:
+    """`text` is `value` at the precision it is printed with (n/a: no value)."""
+    if text == "n/a":
+        assert math.isnan(value), label
+        return
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    assert float(text.replace(",", "")) == pytest.approx(round(value, decimals), abs=1e-9), (label, text, value)
 
 
 def test_readme_quotes_the_committed_reference():
-    quoted, report = readme_table(), pd.read_csv(REPORT, index_col=0)
-    assert list(quoted.index) == list(report.index)
+    variants, probes = readme_tables()
+    report = pd.read_csv(REPORT / "table.csv", index_col=0)
+    assert list(variants.index) == list(report.index)
     for label, key in COLUMNS.items():
-        for variant, text in quoted[label].items():
-            value = float(report.loc[variant, key])
-            if text == "n/a":
-                assert math.isnan(value), (variant, label)
-                continue
-            decimals = len(text.split(".")[1]) if "." in text else 0
-            assert float(text.replace(",", "")) == pytest.approx(round(value, decimals), abs=1e-9), (variant, label)
+        for variant, text in variants[label].items():
+            mean, _, half = text.partition(" ± ")
+            check(mean, float(report.loc[variant, key]), f"{variant} {label}")
+            if half:
+                high = float(report.loc[variant, f"{key}|high"])
+                check(half, high - float(report.loc[variant, key]), f"{variant} {label} ±")
+    noise = pd.read_csv(REPORT / "noise.csv", index_col=0)
+    for probe, row in probes.iterrows():
+        key = f"ablate_{probe.strip('`')}|acc"
+        best = report[key].idxmax()
+        assert row["best"] == f"`{best}`", probe
+        mean, _, half = row["best acc"].partition(" ± ")
+        check(mean, float(report.loc[best, key]), f"{probe} best")
+        check(half, float(report.loc[best, f"{key}|high"] - report.loc[best, key]), f"{probe} best ±")
+        check(row["SNR"], float(noise.loc[key, "snr"]), f"{probe} SNR")
+    header = (REPORT / "table.md").read_text()
+    for probe, row in probes.iterrows():
+        assert f"{probe.strip('`')} acc (chance {row['chance']}" in header, probe
 
 
 def test_every_quoted_column_is_checked():
-    assert set(readme_table().columns) == set(COLUMNS)
-    assert re.search(r"\d+m\d+s for all 8 runs here", (ROOT / "README.md").read_text())
+    variants, probes = readme_tables()
+    assert set(variants.columns) == set(COLUMNS) and set(probes.columns) == PROBE_COLUMNS
+    assert set(probes.index) == {"`agreement`", "`nesting`", "`length`", "`recall`", "`copy`"}
+    assert re.search(r"\d+m\d+s for all 12 runs", (ROOT / "README.md").read_text())
+
+
+def test_the_verdict_quoted_in_the_readme_is_the_reports():
+    text = (ROOT / "README.md").read_text().split("**The verdict**")[1].split("**Each probe")[0]
+    table = (REPORT / "table.md").read_text()
+    numbers = re.findall(r"\d+\.\d{3}", text)
+    assert len(numbers) >= 12 and all(n in table for n in numbers), [n for n in numbers if n not in table]

@@ -264,3 +264,20 @@ def test_extrapolation_verdict_says_which_variants_hold_with_intervals(tmp_path)
     make_run(no_extrapolation, "alibi", 0, acc=0.6)
     make_run(no_extrapolation, "rope", 0, acc=0.6)
     assert extrapolation_verdict(summarize(collect(no_extrapolation))) is None
+
+
+def test_verdict_groups_and_names_close_variants_across_groups(tmp_path):
+    """Groups are cut where a variant is apart from the group's first; a variant close to the next
+    group's members is named, so `then` never claims a separation the tests did not find."""
+    from ablate.report import verdict
+
+    root = tmp_path / "exp"
+    losses = {"rope": [3.00, 3.01, 3.02], "alibi": [3.0, 3.5, 4.0], "sinusoidal": [3.60, 3.61, 3.62],
+              "learned": [3.62, 3.63, 3.64]}
+    for position, values in losses.items():
+        for seed, loss in enumerate(values):
+            make_run(root, position, seed, acc=0.6, val_loss=loss)
+    summary = summarize(collect(root))
+    (line,) = [v for v in verdict(summary, comparisons(summary)) if v.startswith("**val_loss**")]
+    assert "best: `rope` (3.010) = `alibi` (3.500); then: `sinusoidal` (3.610) = `learned` (3.630)" in line
+    assert "nor can `alibi` and `sinusoidal`, `alibi` and `learned`, in groups next to each other" in line
