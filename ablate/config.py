@@ -255,6 +255,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     compile: bool = operational(False)
     device: str = operational("auto")  # auto | cpu | cuda
+    peak_tflops: float | None = operational(None)  # one device's peak, for MFU; null: ablate.devices (none on CPU)
     threads: int | None = operational(None)  # torch threads per process; null: the cores divided among local processes
     log_every: int = operational(10)  # steps
     eval_every: int = operational(100)  # steps between validation losses; 0: only at the end

@@ -291,7 +291,7 @@ def _init(arms: Sequence[Arm], facts: dict[str, Any], result: Fairness) -> None:
 
     from ablate.model import Transformer
 
-    if any(f.params > INIT_BUILD_LIMIT for f in facts.values()):
+    if any(facts[a.name].params > INIT_BUILD_LIMIT for a in arms):
         result.notes.append(f"not compared: init scales (arms over {INIT_BUILD_LIMIT / 1e6:.0f}M parameters are "
                             "not built at plan time)")
         return

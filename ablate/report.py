@@ -39,7 +39,9 @@ from ablate.rundir import ExperimentDir, RunDir, flatten
 # the metric that stands for a task in the table, in order of preference
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
 COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
-        "kv_bytes_per_token": "KV bytes/token", "tokens_per_s": "tokens/s", "wall_time_s": "wall time (s)"}
+        "kv_bytes_per_token": "KV bytes/token", "tokens_per_s": "tokens/s", "mfu": "MFU",
+        "wall_time_s": "wall time (s)"}
+SOMETIMES = ("mfu",)  # cost columns shown only where some run recorded them (MFU: a device with a known peak)
 # recorded per run, shown per variant, never tested (a count of rare events is no metric to rank by)
 STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "max_attn_logit": "max attn logit"}
 UNTESTED = ("cost", "stability")
@@ -50,7 +52,7 @@ HIGHER_IS_BETTER = {"acc": True, "acc_chance_adj": True, "perplexity": False, "w
 # ---- collect ------------------------------------------------------------------------------------
 def collect(experiment_dir: str | Path) -> pd.DataFrame:
     """Every run of an experiment as tidy rows: run, status, seed, data_seed, variant, task, metric,
-    value, stderr.
+    value, stderr (and, for a ladder, rung and arm: the variant without its rung).
 
     `variant` names what differs between the runs' model / data / optim / train configs (the
     ablated axis, found, not declared); the init and data-order seeds are kept apart (runs of one
@@ -76,8 +78,9 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     arm_axes = [a for a in axes if a != "ladder.size"]
 
     def who(cfg: dict[str, Any]) -> dict[str, Any]:
-        return {"variant": variant_name(cfg, axes), "rung": rung_label(cfg) if ladder else None,
-                "arm": variant_name(cfg, arm_axes) if ladder else None}
+        if not ladder:
+            return {"variant": variant_name(cfg, axes)}
+        return {"variant": variant_name(cfg, axes), "rung": rung_label(cfg), "arm": variant_name(cfg, arm_axes)}
 
     rows: list[dict[str, Any]] = [
         {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "data_seed": cfg.get("data.seed", 0),
@@ -172,7 +175,9 @@ def _columns(df: pd.DataFrame) -> list[Column]:
         kind = "extrapolation" if task.startswith("extrapolation_") else "task"
         cols.append(Column(f"{task}|{metric}", f"{task.removeprefix('ablate_')} {metric}",
                            HIGHER_IS_BETTER.get(metric, True), chance.get(task) if metric == "acc" else None, kind))
-    cols += [Column(f"train|{key}", name, key == "tokens_per_s", kind="cost") for key, name in COST.items()]
+    measured = set(df.metric[(df.task == "train") & df.value.notna()])
+    cols += [Column(f"train|{key}", name, key in ("tokens_per_s", "mfu"), kind="cost") for key, name in COST.items()
+             if key not in SOMETIMES or key in measured]
     have = set(df.metric[df.task == "train"])
     cols += [Column(f"train|{key}", name, False, kind="stability") for key, name in STABILITY.items() if key in have]
     return cols
@@ -782,7 +787,7 @@ def report(experiment_dir: str | Path, baseline: str | None = None,
     noise_table.to_csv(written["noise"], index=False)
     tex = full.to_latex(escape=True)  # booktabs rules
     written["tex"].write_text(tex.replace("±", r"$\pm$"))
-    rungs = ladder.analyse(df, target_flops) if df.rung.notna().any() else {}
+    rungs = ladder.analyse(df, target_flops) if "rung" in df else {}
     if rungs:
         written["ladder"], written["decisions"] = out / "ladder.csv", out / "decisions.csv"
         rungs["fits"].to_csv(written["ladder"], index=False)

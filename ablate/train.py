@@ -31,6 +31,7 @@ from ablate.cli import hydra_app
 from ablate.config import OPERATIONAL, ModelConfig, RunConfig
 from ablate.data.batches import Batches, validation_batches
 from ablate.data.tokens import TokenData, prepare
+from ablate.devices import mfu, peak_tflops
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
 from ablate.optimizer import build_optimizer
@@ -142,6 +143,7 @@ class Runner:
         self.batch_seqs = cfg.train.batch_tokens // cfg.seq_len
         self.total_steps = cfg.train.tokens // cfg.train.batch_tokens
         self.facts = model_facts(cfg.model, cfg.seq_len)
+        self.peak = peak_tflops(device, cfg.train.peak_tflops)
         self.signalled: int | None = None
 
     def run(self) -> dict[str, Any]:
@@ -195,8 +197,10 @@ class Runner:
         s.elapsed_s += seconds
         s.rates.append(cfg.train.batch_tokens / seconds)
         s.note_step(loss, grad_norm)
-        return {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": round(cfg.train.batch_tokens / seconds, 1), "elapsed_s": round(s.elapsed_s, 3)}
+        record = {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": round(cfg.train.batch_tokens / seconds, 1), "elapsed_s": round(s.elapsed_s, 3)}
+        used = mfu(self.facts.flops_per_token, cfg.train.batch_tokens / seconds, self.peak, self.dist.world)
+        return record if used is None else {**record, "mfu": round(used, 4)}
 
     def maybe_evaluate(self, record: dict[str, Any]) -> None:
         every = self.cfg.train.eval_every
@@ -283,6 +287,9 @@ class Runner:
             "train_loss": s.last_loss, "val_loss": s.val_loss,
             "val_ppl": math.exp(s.val_loss) if math.isfinite(s.val_loss) else math.nan,
             "tokens_per_s": sum(rates) / len(rates) if rates else math.nan, "wall_time_s": s.elapsed_s,
+            "peak_tflops": self.peak,
+            "mfu": mfu(self.facts.flops_per_token, sum(rates) / len(rates), self.peak, self.dist.world)
+            if rates else None,
             "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world,
             "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32",
             "loss_spikes": s.loss_spikes, "grad_spikes": s.grad_spikes, **extra,

@@ -316,3 +316,23 @@ def test_precision_is_used_and_recorded(cache_dir, tmp_path):
     assert used["fp32"] == "fp32" and used["bf16"] == "bf16" and losses["fp32"] != losses["bf16"]
     expected = "bf16" if cpu_has_native_bf16() else "fp32"
     assert used["auto"] == expected and losses["auto"] == losses[expected]
+
+
+def test_mfu_is_logged_against_a_stated_peak_and_never_guessed_on_cpu(cache_dir, tmp_path):
+    """MFU = FLOPs/token x tokens/s / peak, in metrics.jsonl and summary.json, wherever a peak is
+    known (the table of GPUs, or train.peak_tflops); none on a CPU without one."""
+    from ablate.devices import lookup, mfu
+
+    assert lookup("NVIDIA H100 80GB HBM3") == 989.4 and lookup("NVIDIA H100 PCIe") == 756.0
+    assert lookup("NVIDIA A100-SXM4-40GB") == 312.0 and lookup("NVIDIA GeForce GTX 1080") is None
+    assert mfu(6e9, 1000.0, 989.4, world_size=2) == pytest.approx(6e12 / (2 * 989.4e12))
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "run_name=peak",
+                                            "train.peak_tflops=0.05"))
+    s = summary(tmp_path / "default" / "peak")
+    assert s["peak_tflops"] == 0.05 and s["mfu"] == pytest.approx(s["flops_per_token"] * s["tokens_per_s"] / 0.05e12)
+    lines = metrics(tmp_path / "default" / "peak")
+    assert all(m["mfu"] == pytest.approx(s["flops_per_token"] * m["tokens_per_s"] / 0.05e12, rel=1e-3) for m in lines)
+    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "run_name=cpu"))
+    plain = summary(tmp_path / "default" / "cpu")
+    assert plain["peak_tflops"] is None and plain["mfu"] is None
+    assert all("mfu" not in m for m in metrics(tmp_path / "default" / "cpu"))
