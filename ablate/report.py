@@ -32,7 +32,6 @@ import pandas as pd
 from ablate import ladder, stats
 from ablate.cli import command, key_values
 from ablate.fairness import variant_name, varying
-from ablate.ladder import rung_label
 from ablate.registry import ConfigError
 from ablate.rundir import ExperimentDir, RunDir, flatten
 
@@ -74,13 +73,13 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     axes = varying([*configs.values(), *missing.values()])
     if root.tuning() is not None:  # each arm at its own LR: the LR names no arm
         axes = [a for a in axes if a != "optim.lr"]
-    ladder = "ladder.size" in axes  # the rung apart: an arm is the variant at every size
-    arm_axes = [a for a in axes if a != "ladder.size"]
+    arm_axes = [a for a in axes if a != "ladder.size"]  # a ladder: an arm is the variant at every rung
 
     def who(cfg: dict[str, Any]) -> dict[str, Any]:
-        if not ladder:
-            return {"variant": variant_name(cfg, axes)}
-        return {"variant": variant_name(cfg, axes), "rung": rung_label(cfg), "arm": variant_name(cfg, arm_axes)}
+        named = {"variant": variant_name(cfg, axes)}
+        if arm_axes != axes:
+            named.update(rung=ladder.rung_label(cfg), arm=variant_name(cfg, arm_axes))
+        return named
 
     rows: list[dict[str, Any]] = [
         {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "data_seed": cfg.get("data.seed", 0),

@@ -280,16 +280,15 @@ class Runner:
     def write_summary(self, status: str, **extra: Any) -> dict[str, Any]:
         s, cfg = self.state, self.cfg
         rates = s.rates[1:] or s.rates  # the first step pays for warm-up
+        rate = sum(rates) / len(rates) if rates else math.nan
         summary = {
             "status": status, "experiment": cfg.experiment, "run": cfg.run_name, "seed": cfg.seed,
             "step": s.step, "steps_total": self.total_steps, "tokens_seen": s.tokens,
             **{k: v for k, v in self.facts.to_dict().items() if k != "dtype"},
             "train_loss": s.last_loss, "val_loss": s.val_loss,
             "val_ppl": math.exp(s.val_loss) if math.isfinite(s.val_loss) else math.nan,
-            "tokens_per_s": sum(rates) / len(rates) if rates else math.nan, "wall_time_s": s.elapsed_s,
-            "peak_tflops": self.peak,
-            "mfu": mfu(self.facts.flops_per_token, sum(rates) / len(rates), self.peak, self.dist.world)
-            if rates else None,
+            "tokens_per_s": rate, "wall_time_s": s.elapsed_s, "peak_tflops": self.peak,
+            "mfu": mfu(self.facts.flops_per_token, rate, self.peak, self.dist.world) if rates else None,
             "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world,
             "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32",
             "loss_spikes": s.loss_spikes, "grad_spikes": s.grad_spikes, **extra,
