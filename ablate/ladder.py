@@ -176,11 +176,6 @@ def ranks(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
 
 
 # ---- from a collected experiment ----------------------------------------------------------------
-def is_ladder(configs: list[dict[str, Any]]) -> bool:
-    sizes = {c.get("ladder.size") for c in configs}
-    return len(sizes) > 1 and None not in sizes
-
-
 def rung_label(cfg: dict[str, Any]) -> str:
     ratio = cfg.get("ladder.tokens_per_param")
     return f"size={cfg.get('ladder.size')}" + (f", {ratio:g} tok/param" if ratio is not None else "")
@@ -245,8 +240,12 @@ def _lines(fits: pd.DataFrame, table: pd.DataFrame, rank_tables: dict[str, pd.Da
         at_rungs = "; ".join(f"{r}: {o}" for r, o in order.items())
         lines.append(f"**{label(key)}**: best first at each rung: {at_rungs}.")
         if len(accuracy):
-            lines.append("Decision accuracy (the share of pairs ordered as at the largest rung): "
-                         + ", ".join(f"{r}: {a:.0%}" for r, a in accuracy.items()) + ".")
+            apart = part.groupby("rung", sort=False).p_value.apply(lambda p: f"{(p < stats.ALPHA).sum()} of {len(p)}")
+            lines.append("Decision accuracy (the share of pairs ordered as at the largest rung; an order counts "
+                         "whether or not its difference is significant, decisions.csv has each p): "
+                         + ", ".join(f"{r}: {a:.0%}" for r, a in accuracy.items())
+                         + ". Pairs significantly apart (Welch, 5%) at each rung: "
+                         + ", ".join(f"{r}: {n}" for r, n in apart.items()) + ".")
         flips = part[part.sign_change != ""].drop_duplicates(["variant_a", "variant_b"])
         for f in flips.itertuples(index=False):
             word = ("changes sign, significantly on both sides (a flip: the small rungs' answer does not hold)"
