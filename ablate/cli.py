@@ -110,6 +110,7 @@ def check_run(cfg: RunConfig) -> RunConfig:
     (ablate.ladder.apply): its numbers (RunConfig.validate) and its named choices, each checked
     beside its registry (model axes, data source). Returns cfg."""
     from ablate.data.sources import check_data
+    from ablate.distill import teacher_info
     from ablate.ladder import apply
     from ablate.model import check_model
 
@@ -117,6 +118,7 @@ def check_run(cfg: RunConfig) -> RunConfig:
     cfg.validate()
     check_model(cfg.model, "model")
     check_data(cfg.data, "data")
+    teacher_info(cfg.train.distill, cfg.seq_len)  # a teacher that is not there, or not finished
     return cfg
 
 

@@ -245,6 +245,18 @@ class OptimConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from a teacher (ablate.distill): the loss is (1 - weight) x next-token
+    cross-entropy + weight x temperature^2 x KL(teacher || student) at that temperature, over the
+    full vocabulary or the teacher's top_k tokens. weight 0 is plain training (no teacher runs)."""
+
+    teacher: str | None = None  # an ablate run directory (completed) or a local transformers model directory
+    weight: float = 0.0
+    temperature: float = 1.0
+    top_k: int | None = None  # null: the teacher's full distribution
+
+
+@dataclass
 class TrainConfig:
     """Budget, batch, precision, and how often to log, evaluate and checkpoint."""
 
@@ -253,7 +265,8 @@ class TrainConfig:
     micro_batch: int = operational(8)  # sequences per forward pass per process (the global batch is fixed)
     seq_len: int | None = None  # null: model.max_seq_len
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
-    compile: bool = operational(False)
+    compile: bool | str = operational("auto")  # auto: each block on CUDA (eager elsewhere) | true | false
+    parallel: str = operational("ddp")  # ddp (replicas) | fsdp (each block sharded; torch.distributed.checkpoint)
     device: str = operational("auto")  # auto | cpu | cuda
     peak_tflops: float | None = operational(None)  # one device's peak, for MFU; null: ablate.devices (none on CPU)
     threads: int | None = operational(None)  # torch threads per process; null: the cores divided among local processes
@@ -264,6 +277,7 @@ class TrainConfig:
     eval_at_end: bool = operational(False)  # evaluate when training ends (or, if it has, what is missing)
     retry_diverged: bool = operational(False)  # train a diverged run again from its last good checkpoint
     progress: str = operational("auto")  # auto (a bar on a terminal, log lines otherwise) | bar | lines
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -379,6 +393,20 @@ class RunConfig:
         _choice("train.precision", t.precision, ("auto", "fp32", "bf16"))
         _choice("train.device", t.device, ("auto", "cpu", "cuda"))
         _choice("train.progress", t.progress, ("auto", "bar", "lines"))
+        _choice("train.parallel", t.parallel, ("ddp", "fsdp"))
+        d = t.distill
+        if not 0 <= d.weight <= 1:
+            raise ConfigError("train.distill.weight", d.weight, "must be in [0, 1] (0: no distillation)")
+        if d.weight > 0 and not d.teacher:
+            raise ConfigError("train.distill.teacher", d.teacher,
+                              "distilling (train.distill.weight > 0) needs a teacher: an ablate run directory or a "
+                              "local transformers model directory")
+        if d.temperature <= 0:
+            raise ConfigError("train.distill.temperature", d.temperature, "must be positive")
+        if d.top_k is not None and d.top_k < 1:
+            raise ConfigError("train.distill.top_k", d.top_k, "must be a positive integer or null")
+        if t.compile not in (True, False, "auto"):
+            raise ConfigError("train.compile", t.compile, "unknown choice", valid=("auto", "true", "false"))
         _choice("optim.schedule", o.schedule, ("cosine", "linear", "constant"))
         if o.lr <= 0:
             raise ConfigError("optim.lr", o.lr, "must be positive")
@@ -428,6 +456,12 @@ def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if hint is Any:  # checked where it is used
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # an optional mapping or list
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1 and typing.get_origin(inner[0]) in (dict, list):
+            return None if value is None and type(None) in typing.get_args(hint) else _coerce(inner[0], value, path)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
     if typing.get_origin(hint) is dict:

@@ -1,5 +1,13 @@
 """torch.distributed for training: set up from torchrun's variables or Slurm's, gloo on CPU and
-nccl on GPUs; a single process when neither is there."""
+nccl on GPUs; a single process when neither is there.
+
+Two ways to spread a run over processes (train.parallel):
+- ddp: every process holds the whole model, its gradients and AdamW state; gradients are averaged.
+- fsdp: FSDP2 (`fully_shard`) shards each block, and the root (embeddings, head), over the
+  processes: each holds 1/N of the parameters, gradients and AdamW state and gathers one block's
+  parameters at a time. On CUDA under bf16 the gathered parameters are bf16 and gradients are
+  reduced in fp32.
+"""
 
 from __future__ import annotations
 
@@ -29,15 +37,41 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    parallel: str = "ddp"
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are DTensor shards (FSDP over several processes)."""
+        return self.active and self.parallel == "fsdp"
+
+    def wrap(self, model: nn.Module, parallel: str = "ddp", bf16: bool = False) -> nn.Module:
+        """The module to train: `model` itself (one process), DDP around it, or `model` sharded in
+        place by FSDP2 (build the optimizer after this: its parameters become DTensors)."""
+        self.parallel = parallel
         if not self.active:
             return model
-        ids = [self.local_rank] if torch.cuda.is_available() and next(model.parameters()).is_cuda else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        cuda = next(model.parameters()).is_cuda
+        if parallel == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda and bf16
+                      else MixedPrecisionPolicy())
+            for block in model.blocks:
+                fully_shard(block, mp_policy=policy)
+            fully_shard(model, mp_policy=policy)
+            return model
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.local_rank] if cuda else None)
 
     def sync_grads(self, net: nn.Module, last: bool) -> Any:
-        """Within gradient accumulation only the last micro-batch all-reduces."""
-        return nullcontext() if last or not self.active else net.no_sync()
+        """Within gradient accumulation only the last micro-batch reduces gradients."""
+        if last or not self.active:
+            if self.sharded:
+                net.set_requires_gradient_sync(True)
+            return nullcontext()
+        if self.sharded:
+            net.set_requires_gradient_sync(False)
+            return nullcontext()
+        return net.no_sync()
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:

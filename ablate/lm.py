@@ -81,7 +81,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None) -> LoadedRun
     cfg = check_run(RunConfig.from_dict(rd.read_config()))
     state = ckpt.load(path)
     model = Transformer(cfg.model)
-    model.load_state_dict(state["model"])
+    ckpt.restore(state, model)
     final = rd.final_checkpoint()
     return LoadedRun(model.eval(), Tokenizer.load(rd.tokenizer_file), cfg, path, int(state["state"]["step"]),
                      int(state["state"]["tokens"]), final is not None and final.resolve() == path.resolve())

@@ -40,9 +40,10 @@ def treatment(role: str, optim: OptimConfig) -> Treatment:
     return Treatment(optim.weight_decay)
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW with one parameter group per distinct treatment (decayed ones first), parameters in
-    model order within a group."""
+    model order within a group. `fused`: one kernel for the whole update (used on CUDA; the same
+    arithmetic as the default up to rounding)."""
     roles = model.parameter_roles()
     groups: dict[Treatment, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -50,4 +51,4 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
     order = sorted(groups, key=lambda t: (-t.weight_decay, -t.lr_scale))
     return torch.optim.AdamW([{"params": groups[t], "weight_decay": t.weight_decay, "lr_scale": t.lr_scale}
                               for t in order],
-                             lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+                             lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused or None)

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
         super().__init__(message)
         self.field = field
         self.value = value
+        self.problem = problem
         self.valid = valid
 
 

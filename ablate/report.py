@@ -38,14 +38,17 @@ from ablate.rundir import ExperimentDir, RunDir, flatten
 # the metric that stands for a task in the table, in order of preference
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
 COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
-        "kv_bytes_per_token": "KV bytes/token", "tokens_per_s": "tokens/s", "mfu": "MFU",
-        "wall_time_s": "wall time (s)"}
-SOMETIMES = ("mfu",)  # cost columns shown only where some run recorded them (MFU: a device with a known peak)
+        "teacher_flops_per_token": "+ teacher FLOPs/token", "kv_bytes_per_token": "KV bytes/token",
+        "tokens_per_s": "tokens/s", "mfu": "MFU", "wall_time_s": "wall time (s)"}
+# cost columns shown only where some run recorded them (MFU: a device with a known peak; a teacher's forward)
+SOMETIMES = ("mfu", "teacher_flops_per_token")
 # recorded per run, shown per variant, never tested (a count of rare events is no metric to rank by)
 STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "max_attn_logit": "max attn logit"}
-UNTESTED = ("cost", "stability")
+# per-token metrics of arms with different tokenizers: shown, never tested (a token is not the same unit)
+UNTESTED = ("cost", "stability", "confounded")
 HIGHER_IS_BETTER = {"acc": True, "acc_chance_adj": True, "perplexity": False, "word_perplexity": False,
-                    "val_loss": False}
+                    "val_loss": False, "val_bpb": False}
+TOKENIZER_FIELDS = ("data.tokenizer", "data.vocab_size", "data.tokenizer_documents")
 
 
 # ---- collect ------------------------------------------------------------------------------------
@@ -62,7 +65,8 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
 
     attrs: "order" the variants in the sweep's order (the first is the default baseline); "stale"
     why each stale evaluation is stale; "chance" task -> accuracy by guessing; "groups" lm-eval
-    group -> its subtasks; "items" (run, task) -> (doc ids, per-item accuracy) where kept."""
+    group -> its subtasks; "items" (run, task) -> (doc ids, per-item accuracy) where kept;
+    "tokenizers" the fields that give runs different tokenizers (then losses are compared per byte)."""
     root = ExperimentDir(experiment_dir)
     runs = root.runs()
     planned = {name: flatten(cfg) for name, cfg in root.planned().items()}
@@ -94,7 +98,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
         summary = run.summary() or {"status": "never started"}
         base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
                 "data_seed": cfg.get("data.seed", 0), **who(cfg)}
-        for key in ("val_loss", "val_ppl", "train_loss", "tokens_seen", *COST, *STABILITY):
+        for key in ("val_loss", "val_ppl", "val_bpb", "train_loss", "tokens_seen", *COST, *STABILITY):
             if key in summary:
                 rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
         diverged = sum(a.get("status") == "diverged" for a in summary.get("attempts", []))
@@ -119,7 +123,8 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
             rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
     df = pd.DataFrame(rows)
     order = [variant_name(cfg, axes) for cfg in planned.values()] + sorted(df.variant)
-    df.attrs.update(order=list(dict.fromkeys(order)), stale=stale, chance=chance, groups=groups, items=items)
+    df.attrs.update(order=list(dict.fromkeys(order)), stale=stale, chance=chance, groups=groups, items=items,
+                    tokenizers=[a for a in axes if a in TOKENIZER_FIELDS])
     return df
 
 
@@ -169,9 +174,13 @@ def _columns(df: pd.DataFrame) -> list[Column]:
     """The table's metrics: validation loss, each task's main metric, then the costs (the averages
     are added by summarize)."""
     chance = df.attrs.get("chance", {})
-    cols = [Column("train|val_loss", "val_loss", False, kind="train")]
+    per_byte = bool(df.attrs.get("tokenizers"))  # arms with different tokenizers: a token is no common unit
+    cols = ([Column("train|val_bpb", "val bits/byte", False, kind="train"),
+             Column("train|val_loss", "val_loss per token (tokenizers differ: not compared)", False, kind="confounded")]
+            if per_byte else [Column("train|val_loss", "val_loss", False, kind="train")])
     for task, metric in main_metrics(df).items():
         kind = "extrapolation" if task.startswith("extrapolation_") else "task"
+        kind = "confounded" if per_byte and (kind == "extrapolation" or metric == "perplexity") else kind
         cols.append(Column(f"{task}|{metric}", f"{task.removeprefix('ablate_')} {metric}",
                            HIGHER_IS_BETTER.get(metric, True), chance.get(task) if metric == "acc" else None, kind))
     measured = set(df.metric[(df.task == "train") & df.value.notna()])
@@ -256,7 +265,8 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     out = pd.DataFrame(table).set_index("variant")
     out.attrs.update(baseline=baseline, columns=columns, runs=runs, values=values, ses=ses, groups=groups,
                      uninformative=uninformative, average_tasks=average_tasks,
-                     notes={k: v for k, v in notes.items() if v}, items=df.attrs.get("items", {}))
+                     notes={k: v for k, v in notes.items() if v}, items=df.attrs.get("items", {}),
+                     tokenizers=df.attrs.get("tokenizers", []))
     return out
 
 
@@ -506,11 +516,17 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
     columns = summary.attrs["columns"]
     full = pd.DataFrame({header(c): [cell(v, c) for v in summary.index] for c in columns}, index=summary.index)
     full.insert(0, "runs", summary["runs"])
-    main = [c for c in columns if (c.kind in ("train", "average", "cost") and c.key != "train|wall_time_s")
+    main = [c for c in columns if (c.kind in ("train", "confounded", "average", "cost") and c.key != "train|wall_time_s"
+                                   and not c.key.startswith("extrapolation_"))
             or (c.kind == "task" and c.key.split("|")[0] not in subtasks)]
     narrow = full[["runs", *[header(c) for c in main]]]
     extra = [c for c in columns if c.kind == "extrapolation"]
     lines = [f"# {title}" if title else ""]
+    per_byte = summary.attrs.get("tokenizers")
+    if per_byte:
+        fairness = [*fairness, "the arms use different tokenizers (" + ", ".join(f"`{f}`" for f in per_byte)
+                    + "): losses are compared in bits per byte of the held-out text (val bits/byte); per-token loss "
+                    "and perplexities are shown but not compared, since a token is not the same unit across them"]
     if fairness:
         lines += ["## Fairness", "", *[f"- {line}" for line in fairness], ""]
     lines += ["## Verdict", ""]
@@ -678,7 +694,8 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, comps: p
         mean, lo, hi = merged.mean(axis=1), merged.min(axis=1), merged.max(axis=1)
         ax.plot(mean.index, mean.values, label=variant)
         ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2)
-    ax.set(xlabel="tokens", ylabel="training loss", title="Loss (mean, band: min-max over runs)")
+    per_token = " per token (tokenizers differ: not comparable)" if summary.attrs.get("tokenizers") else ""
+    ax.set(xlabel="tokens", ylabel="training loss", title=f"Loss{per_token} (mean, band: min-max over runs)")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "loss.png", note))
 

@@ -5,7 +5,7 @@
         summary.json         status, step, costs, losses, and how every earlier attempt ended
         metrics.jsonl        a line per logged step (metrics.attemptN.jsonl: an attempt a retry replaced)
         tokenizer.json       the tokenizer the run was trained with
-        checkpoints/         step_NNNNNNNN.pt (see ablate.checkpoint); unreadable ones moved aside
+        checkpoints/         step_NNNNNNNN.pt, or step_NNNNNNNN/ when sharded (see ablate.checkpoint)
         eval/<suite>.json    an evaluation of the final checkpoint of the completed run
         eval/step_NNNNNNNN/<suite>.json   an evaluation of any other checkpoint (named explicitly)
         hf/                  ablate-export's transformers model
@@ -203,14 +203,14 @@ class RunDir:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
-        """Readable-looking checkpoint files, oldest first."""
+        """Readable-looking checkpoints (files and sharded directories), oldest first."""
         return ckpt.checkpoints(self.checkpoint_dir)
 
     def checkpoint_of(self, name: str | Path) -> Path:
         """A checkpoint named by path, by file name (step_00000160.pt) or by step (160)."""
         name = str(name)
         if name.isdigit():
-            return self.checkpoint_dir / ckpt.file_name(int(name))
+            return self.step_checkpoint(int(name))
         path = Path(name)
         return path if path.exists() or path.parent != Path(".") else self.checkpoint_dir / name
 
@@ -219,7 +219,12 @@ class RunDir:
         summary = self.summary() or {}
         if summary.get("status") != "completed":
             return None
-        return self.checkpoint_dir / ckpt.file_name(int(summary["step"]))
+        return self.step_checkpoint(int(summary["step"]))
+
+    def step_checkpoint(self, step: int) -> Path:
+        """The checkpoint of `step`: a file, or a sharded directory where only that exists."""
+        sharded = self.checkpoint_dir / ckpt.sharded_name(step)
+        return sharded if sharded.is_dir() else self.checkpoint_dir / ckpt.file_name(step)
 
     # ---- evaluations ---------------------------------------------------------------------------
     def eval_file(self, suite: str, step: int | None = None) -> Path:

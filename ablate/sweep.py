@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ablate import fairness, tune
 from ablate.cli import run_config, user_errors
 from ablate.config import RunConfig
+from ablate.distill import flops_per_token as run_flops_per_token
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
 from ablate.rundir import ExperimentDir, RunDir, RunError, write_json
@@ -230,10 +231,11 @@ def plan_table(jobs: list[Job], config: Any, title: str = "") -> str:
     lines, total = [], 0.0
     for i, job in enumerate(jobs):
         f = model_facts(job.config.model, job.config.seq_len)
-        hours = job.config.train.tokens * f.flops_per_token / (flops * mfu) / 3600
+        per_token = run_flops_per_token(job.config)  # a teacher's forward included
+        hours = job.config.train.tokens * per_token / (flops * mfu) / 3600
         total += hours if job.trains else 0.0
         status = job.status if job.launch or job.status == "completed" else f"{job.status} (kept)"
-        lines.append(f"{i:>3}  {status:<11} {f.params / 1e6:8.2f}M  {f.flops_per_token:10.3g}  "
+        lines.append(f"{i:>3}  {status:<11} {f.params / 1e6:8.2f}M  {per_token:10.3g}  "
                      f"{job.config.train.tokens:>12,}  {hours:9.3g}  {job.run_dir}")
     title = f"{title}: " if title else ""
     header = (f"{title}{len(jobs)} jobs; cost at {flops / 1e12:g} TFLOP/s per GPU and {mfu:.0%} MFU "

@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate import checkpoint
+from ablate import checkpoint, distill
 from ablate.cli import hydra_app
 from ablate.config import OPERATIONAL, ModelConfig, RunConfig
 from ablate.data.batches import Batches, validation_batches
 from ablate.data.tokens import TokenData, prepare
 from ablate.devices import mfu, peak_tflops
+from ablate.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
 from ablate.optimizer import build_optimizer
@@ -96,14 +98,20 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     if status == "diverged" and dist.is_main:
         run.archive_metrics(len(attempts))  # the retry truncates the lines that recorded the divergence
     device, autocast = pick_device(cfg)
+    teacher = load_teacher(cfg.train.distill, cfg.seq_len, device)
+    if teacher is not None:
+        check_same_tokenizer(teacher, data.tokenizer.inner.get_vocab(), data.tokenizer.name)
+        check_same_teacher(run, previous, teacher)
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model).to(device)
-    opt = build_optimizer(model, cfg.optim)
+    compile_blocks(model, cfg.train.compile, device)
+    net = dist.wrap(model, cfg.train.parallel, bf16=isinstance(autocast, torch.autocast))
+    opt = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
     state = maybe_resume(run, model, opt, dist)
     if dist.is_main:
         run.write_config(cfg.to_dict())
         data.tokenizer.inner.save(str(run.tokenizer_file))
-    summary = Runner(cfg, run, dist, data, model, opt, state, device, autocast, attempts).run()
+    summary = Runner(cfg, run, dist, data, model, net, opt, state, device, autocast, attempts, teacher).run()
     if summary["status"] == "completed":
         maybe_evaluate_at_end(run, cfg, dist)
     return summary
@@ -129,38 +137,58 @@ def earlier_attempts(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 class Runner:
-    """The training loop and what it writes."""
+    """The training loop and what it writes.
+
+    A step leaves its loss and gradient norm on the device; they are read (one host-device sync
+    for all the steps since the last read) every `read_every` steps and wherever the loop needs
+    them: at a log line, an evaluation, a checkpoint, the last step. On a GPU that is every
+    train.log_every steps, so the device never waits for the host in between; on a CPU, where
+    reading costs nothing, every step. A NaN or inf is caught at the read: the run stops there and
+    reports the first bad step, and no update was applied from it (the fused optimizer skips the
+    update on the device; elsewhere the step is skipped by reading the flag)."""
 
     def __init__(self, cfg: RunConfig, run: RunDir, dist: Dist, data: TokenData, model: Transformer,
-                 opt: torch.optim.Optimizer, state: State, device: torch.device, autocast,
-                 attempts: list[dict[str, Any]] = ()) -> None:
+                 net: nn.Module, opt: torch.optim.Optimizer, state: State, device: torch.device, autocast,
+                 attempts: list[dict[str, Any]] = (), teacher: Teacher | None = None) -> None:
         self.cfg, self.rundir, self.dist, self.data, self.state = cfg, run, dist, data, state
         self.attempts = list(attempts)
-        self.model, self.opt, self.device, self.autocast = model, opt, device, autocast
-        self.net = dist.wrap(model)
-        self.forward = torch.compile(self.net) if cfg.train.compile else self.net
+        self.model, self.net, self.opt, self.device, self.autocast = model, net, opt, device, autocast
         self.batches = Batches(data.train, cfg.seq_len, cfg.data.seed)
         self.batch_seqs = cfg.train.batch_tokens // cfg.seq_len
         self.total_steps = cfg.train.tokens // cfg.train.batch_tokens
         self.facts = model_facts(cfg.model, cfg.seq_len)
+        self.teacher = teacher
+        # what a token costs: the student's training and, when distilling, the teacher's forward
+        self.flops_per_token = self.facts.flops_per_token + (teacher.info.forward_flops_per_token if teacher else 0)
         self.peak = peak_tflops(device, cfg.train.peak_tflops)
+        self.read_every = 1 if device.type == "cpu" else cfg.train.log_every
+        self.val_bytes_per_token = validation_bytes_per_token(data, cfg.seq_len)
+        self.pending: list[dict[str, Any]] = []  # steps whose loss and gradient norm are still on the device
         self.signalled: int | None = None
+        self.compile_checked = False
 
     def run(self) -> dict[str, Any]:
         self.write_summary("running")
         previous = self.catch_signals()
         progress = Progress(self.cfg.train.progress, self.total_steps, self.state.step, self.dist.is_main)
         try:
+            clock = time.perf_counter()
             while self.state.step < self.total_steps:
-                record = self.train_step()
-                if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
-                    return self.diverged(record)
-                self.maybe_evaluate(record)
-                self.log(record, progress)
+                self.pending.append(self.train_step() if self.compile_checked else self.first_step())
+                if not self.due(self.state.step):
+                    continue
+                records = self.read(since=clock)
+                for record in records:
+                    if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
+                        return self.diverged(record)
+                    if record is records[-1]:
+                        self.maybe_evaluate(record)
+                    self.log(record, progress)
                 if self.dist.any(self.signalled is not None):
                     return self.interrupted(previous)
                 if not self.maybe_checkpoint():
-                    return self.diverged({**record, "loss": math.nan})
+                    return self.diverged({**records[-1], "loss": math.nan})
+                clock = time.perf_counter()
             return self.finish()
         except BaseException as err:
             if not isinstance(err, SystemExit):
@@ -170,37 +198,89 @@ class Runner:
             progress.close()
             self.restore_signals(previous)
 
+    def due(self, step: int) -> bool:
+        """Whether the loop reads the device after `step` (see the class doc)."""
+        t = self.cfg.train
+        return (step % self.read_every == 0 or step == 1 or step == self.total_steps
+                or step % t.log_every == 0 or step % t.checkpoint_every == 0
+                or bool(t.eval_every and step % t.eval_every == 0))
+
+    def first_step(self) -> dict[str, Any]:
+        """The first step of this process, where a compiled model compiles: if that fails, say so
+        once and train uncompiled (train.compile=false skips the attempt)."""
+        self.compile_checked = True
+        try:
+            return self.train_step()
+        except Exception as err:  # the compiler's own error types vary with the backend
+            if not is_compiled(self.model):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("torch.compile failed (%s: %s); training uncompiled (train.compile=false skips compiling)",
+                        type(err).__name__, first)
+            uncompile_blocks(self.model)
+            self.opt.zero_grad(set_to_none=True)
+            return self.train_step()
+
     def train_step(self) -> dict[str, Any]:
+        """One optimizer step; its loss and gradient norm stay on the device (see the class doc)."""
         cfg, step = self.cfg, self.state.step
-        start = time.perf_counter()
         lr = lr_at(step, self.total_steps, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         micro = list(self.batches.micro_batches(step, self.batch_seqs, cfg.train.micro_batch,
                                                 self.dist.rank, self.dist.world))
+        d = cfg.train.distill
         loss_sum = torch.zeros((), device=self.device)
+        kd_sum = torch.zeros((), device=self.device) if self.teacher is not None else None
         for i, (x, y) in enumerate(micro):
             sync = self.dist.sync_grads(self.net, last=i == len(micro) - 1)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with sync, self.autocast:
-                loss = cross_entropy(self.forward(x.to(self.device)), y.to(self.device))
-            (loss / len(micro)).backward()
+                logits = self.net(x)
+                loss = cross_entropy(logits, y)
+                kd = None
+                if self.teacher is not None:  # over the tokenizer's vocabulary: padding rows left out
+                    vocab = self.data.vocab_size
+                    kd = distillation_loss(logits[..., :vocab], self.teacher(x)[..., :vocab], d.temperature, d.top_k)
+                    kd_sum += kd.detach()
+            (objective(loss, kd, d.weight) / len(micro)).backward()
             loss_sum += loss.detach()
-        loss = self.dist.mean(loss_sum / len(micro)).item()
+        loss = loss_sum / len(micro)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        if math.isfinite(loss) and math.isfinite(grad_norm):  # never step into NaN weights
-            self.opt.step()
+        grad_norm = full(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        step_unless_not_finite(self.opt, finite if kd_sum is None else finite & torch.isfinite(kd_sum))
         self.opt.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - start
         s = self.state
-        s.step, s.tokens, s.last_loss = step + 1, s.tokens + cfg.train.batch_tokens, loss
-        s.elapsed_s += seconds
-        s.rates.append(cfg.train.batch_tokens / seconds)
-        s.note_step(loss, grad_norm)
-        record = {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": round(cfg.train.batch_tokens / seconds, 1), "elapsed_s": round(s.elapsed_s, 3)}
-        used = mfu(self.facts.flops_per_token, cfg.train.batch_tokens / seconds, self.peak, self.dist.world)
-        return record if used is None else {**record, "mfu": round(used, 4)}
+        s.step, s.tokens = step + 1, s.tokens + cfg.train.batch_tokens
+        record = {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        return record if kd_sum is None else {**record, "distill_loss": kd_sum / len(micro)}
+
+    def read(self, since: float) -> list[dict[str, Any]]:
+        """The pending steps' records with their numbers read from the device (the loss averaged over
+        processes), the rate measured over them, and the state's counters brought up to date."""
+        records, self.pending = self.pending, []
+        distilled = self.teacher is not None
+        losses = self.dist.mean(torch.stack([r["loss"] for r in records]
+                                            + ([r["distill_loss"] for r in records] if distilled else [])).float())
+        values = torch.cat([losses, torch.stack([r["grad_norm"] for r in records]).float()]).tolist()
+        grads = values[len(values) - len(records):]
+        seconds = time.perf_counter() - since  # the steps read, up to the end of the device's work
+        s, n = self.state, len(records)
+        rate = n * self.cfg.train.batch_tokens / seconds
+        used = mfu(self.flops_per_token, rate, self.peak, self.dist.world)
+        for i, record in enumerate(records):
+            loss, grad_norm = values[i], grads[i]
+            if distilled:
+                record["distill_loss"] = values[n + i]
+            s.elapsed_s += seconds / n
+            s.last_loss = loss
+            s.rates.append(rate)
+            s.note_step(loss, grad_norm)
+            record.update(loss=loss, grad_norm=grad_norm, tokens_per_s=round(rate, 1), elapsed_s=round(s.elapsed_s, 3))
+            if used is not None:
+                record["mfu"] = round(used, 4)
+        return records
 
     def maybe_evaluate(self, record: dict[str, Any]) -> None:
         every = self.cfg.train.eval_every
@@ -220,17 +300,21 @@ class Runner:
         """Checkpoint on schedule; False (nothing written) if the weights are no longer finite."""
         step = self.state.step
         if step % self.cfg.train.checkpoint_every == 0 and step < self.total_steps:
-            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            finite = all(bool(torch.isfinite(local(p)).all()) for p in self.model.parameters())
+            if self.dist.any(not finite):
                 return False
             self.save()
         return True
 
     def save(self) -> None:
-        if self.dist.is_main:
+        extra = {"state": self.state.__dict__, "rng": checkpoint.rng_state(), "config": self.cfg.to_dict()}
+        keep = self.cfg.train.keep_checkpoints
+        if self.cfg.train.parallel == "fsdp":
+            checkpoint.save_sharded(self.rundir.checkpoint_dir, self.state.step, self.model, self.opt, extra,
+                                    keep=keep, is_main=self.dist.is_main)
+        elif self.dist.is_main:
             checkpoint.save(self.rundir.checkpoint_dir, self.state.step, {
-                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "state": self.state.__dict__, "rng": checkpoint.rng_state(), "config": self.cfg.to_dict(),
-            }, keep=self.cfg.train.keep_checkpoints)
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), **extra}, keep=keep)
         self.dist.barrier()
 
     def finish(self) -> dict[str, Any]:
@@ -287,12 +371,16 @@ class Runner:
             **{k: v for k, v in self.facts.to_dict().items() if k != "dtype"},
             "train_loss": s.last_loss, "val_loss": s.val_loss,
             "val_ppl": math.exp(s.val_loss) if math.isfinite(s.val_loss) else math.nan,
+            "val_bpb": s.val_loss / math.log(2) / self.val_bytes_per_token,
             "tokens_per_s": rate, "wall_time_s": s.elapsed_s, "peak_tflops": self.peak,
-            "mfu": mfu(self.facts.flops_per_token, rate, self.peak, self.dist.world) if rates else None,
+            "mfu": mfu(self.flops_per_token, rate, self.peak, self.dist.world) if rates else None,
             "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world,
             "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32",
             "loss_spikes": s.loss_spikes, "grad_spikes": s.grad_spikes, **extra,
         }
+        if self.teacher is not None:  # its forward is part of what a token costs (mfu counts it too)
+            summary["teacher"] = distill.identity(self.teacher)
+            summary["teacher_flops_per_token"] = self.teacher.info.forward_flops_per_token
         if self.attempts:
             summary["attempts"] = self.attempts
         if self.dist.is_main:
@@ -301,6 +389,52 @@ class Runner:
 
 
 # ---- the pieces ---------------------------------------------------------------------------------
+def compile_blocks(model: Transformer, setting: bool | str, device: torch.device) -> bool:
+    """torch.compile each block's forward (train.compile: auto = on CUDA). Hooks (FSDP's gathers)
+    stay outside the compiled code and the state dict keeps its names. Returns whether compiled."""
+    if not (setting is True or (setting == "auto" and device.type == "cuda")):
+        return False
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            log.warning("train.compile: triton is not installed, so the blocks run uncompiled (slower); "
+                        "install triton, or set train.compile=false to silence this")
+            return False
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward)
+    return True
+
+
+def uncompile_blocks(model: Transformer) -> None:
+    for block in model.blocks:
+        block.__dict__.pop("forward", None)
+
+
+def is_compiled(model: Transformer) -> bool:
+    return any("forward" in block.__dict__ for block in model.blocks)
+
+
+def step_unless_not_finite(opt: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """opt.step(), unless `finite` (a 0-d bool tensor) is false. A fused AdamW skips the update
+    on the device (its found_inf input), so the host never waits; others read the flag."""
+    if opt.defaults.get("fused"):
+        opt.found_inf = (~finite).float()
+        opt.step()
+    elif bool(finite):
+        opt.step()
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP) as the whole tensor; any other tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor; any other tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -331,6 +465,14 @@ def validation_loss(model: Transformer, data: TokenData, cfg: RunConfig, device:
         count += y.numel()
     model.train(was_training)
     return total / count
+
+
+def validation_bytes_per_token(data: TokenData, seq_len: int) -> float:
+    """UTF-8 bytes per token of the held-out tokens validation_loss scores (the targets), so that
+    val_bpb = val_loss / ln 2 / this is comparable across tokenizers (end-of-text counts no bytes)."""
+    n = (len(data.val) - 1) // seq_len * seq_len
+    scored = np.asarray(data.val[1:n + 1]).tolist()
+    return len(data.tokenizer.decode(scored).encode("utf-8")) / n
 
 
 @torch.no_grad()
@@ -399,6 +541,16 @@ def set_threads(cfg: RunConfig, dist: Dist) -> None:
     torch.set_num_threads(threads)
 
 
+def check_same_teacher(run: RunDir, previous: dict[str, Any] | None, teacher: Teacher) -> None:
+    """Refuse to go on distilling a run from a teacher that has changed since it started (a teacher
+    retrained in place: another config hash)."""
+    before = (previous or {}).get("teacher")
+    now = distill.identity(teacher)
+    if before and {k: before.get(k) for k in now} != now:
+        raise RunDirError(f"{run.path} was distilled from {before} but the teacher is now {now}; it was left "
+                          "untouched. Start a fresh run (another run_name or experiment) to distil from this teacher.")
+
+
 def check_run_dir(run: RunDir, cfg: RunConfig) -> None:
     """Refuse to resume a run whose stored config computes something else."""
     if not run.is_run():
@@ -420,8 +572,7 @@ def maybe_resume(run: RunDir, model: Transformer, opt: torch.optim.Optimizer, di
         if dist.is_main:
             run.clear_metrics()  # lines of a run that never checkpointed
         return State()
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
+    checkpoint.restore(saved, model, opt)
     checkpoint.set_rng_state(saved["rng"])
     state = State(**saved["state"])
     if dist.is_main:

@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,15 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session")
+def any_teacher(tmp_path_factory, cache_dir) -> Path:
+    """A completed run (2 steps) to name as a distillation teacher where only its existence
+    matters (plans: the tokenizer is checked when training starts)."""
+    results = tmp_path_factory.mktemp("teacher")
+    run_cli("ablate.train", *tiny_overrides(cache_dir, results, "run_name=teacher", "train.tokens=2048"))
+    return results / "default" / "teacher"
+
+
 def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
     """A run that takes seconds: a 64-wide, 2-layer model on a 60k-word synthetic corpus, in fp32
     (the same numbers on every CPU; `auto` would pick bf16 on CPUs with native bf16)."""
@@ -42,3 +53,16 @@ def run_cli(module: str, *args: str, check: bool = True, env: dict | None = None
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def rewound(run: Path, to: Path, step: int) -> Path:
+    """A copy of `run` as a kill right after its checkpoint of `step` leaves it: later checkpoints
+    gone, the summary still saying running."""
+    copy = to / "default" / run.name
+    shutil.copytree(run, copy)
+    for ckpt in (copy / "checkpoints").iterdir():
+        if int(ckpt.name.removeprefix("step_").removesuffix(".pt")) > step:
+            shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
+    s = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**s, "status": "running", "step": step}))
+    return copy

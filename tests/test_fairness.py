@@ -36,8 +36,11 @@ def test_plan_flags_a_norm_sweep_that_changes_bias_and_eps_too(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_shipped_experiment_plans_without_a_confound(experiment, tmp_path):
-    plan = run_cli("ablate.train", "-m", f"+experiment={experiment}", f"results_dir={tmp_path}", "--plan")
+def test_every_shipped_experiment_plans_without_a_confound(experiment, tmp_path, request):
+    # a distillation experiment names a teacher that must exist (and be finished) before anything is planned
+    teacher = [f"train.distill.teacher={request.getfixturevalue('any_teacher')}"] if "distill" in experiment \
+        and experiment != "distillation_teacher" else []
+    plan = run_cli("ablate.train", "-m", f"+experiment={experiment}", f"results_dir={tmp_path}", *teacher, "--plan")
     assert confounds(plan.stdout) == [], plan.stdout
 
 

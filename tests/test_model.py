@@ -15,7 +15,7 @@ from ablate.model.block import PLACEMENTS
 from ablate.model.mlp import MLPS
 from ablate.model.position import POSITIONS, alibi_slopes
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 VOCAB = 61
 KV_HEADS = {"mha": None, "gqa": 2, "mqa": 1}
@@ -326,3 +326,63 @@ def test_sandwich_output_norms_start_at_the_branch_scale_under_a_unit_offset():
     expected = 0.02 / (2 * 8) ** 0.5
     assert_close(model.blocks[3].mlp_out_norm.scale(), torch.full((256,), expected))
     assert_close(model.blocks[3].mlp_norm.scale(), torch.ones(256))  # input norms start at 1
+
+
+def _saved_bytes_per_token(cfg, seq: int = 256) -> float:
+    """What autograd keeps for backward per token under bf16 autocast, measured: the difference
+    between batches of 4 and 2 sequences (weights and their bf16 copies cancel out)."""
+    import torch.nn.functional as F
+
+    def saved(batch: int) -> int:
+        model = Transformer(cfg)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        x = torch.randint(0, cfg.vocab_size, (batch, seq))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(x)
+            F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1))
+        return sum(seen.values())
+
+    return (saved(4) - saved(2)) / (2 * seq)
+
+
+@pytest.mark.parametrize("preset,low,high", [("gpt2", 0.95, 1.05), ("llama2", 0.78, 1.0)])
+def test_activation_estimate_against_what_autograd_keeps(preset, low, high):
+    from ablate.cli import compose_model
+    from ablate.model.facts import activation_bytes_per_token
+
+    cfg = compose_model([f"model={preset}", "model.dim=256", "model.attention.n_heads=4", "model.vocab_size=4096",
+                         "model.n_layers=4", "model.max_seq_len=256"])
+    ratio = activation_bytes_per_token(cfg) / _saved_bytes_per_token(cfg)
+    assert low < ratio < high, ratio
+
+
+def test_fsdp_memory_divides_the_model_state_by_the_process_count():
+    from ablate.cli import compose_model
+    from ablate.model.facts import training_memory
+
+    cfg = compose_model(["model=llama2", "model.dim=512", "model.n_layers=8", "model.attention.n_heads=8"])
+    n = model_facts(cfg).params
+    one = training_memory(cfg, 4, processes=1)
+    ddp, fsdp = training_memory(cfg, 4, processes=8), training_memory(cfg, 4, processes=8, parallel="fsdp")
+    assert (one.parameters, one.gradients, one.optimizer, one.buffers) == (4 * n, 4 * n, 8 * n, 0)
+    assert ddp.parameters == one.parameters and ddp.buffers == 4 * n  # DDP's buckets: another gradient copy
+    assert fsdp.parameters == one.parameters / 8 and fsdp.optimizer == one.optimizer / 8
+    assert fsdp.activations == ddp.activations == training_memory(cfg, 2).activations * 2
+    assert fsdp.total < ddp.total
+
+
+def test_ablate_model_prints_memory_per_gpu_and_refuses_a_bad_count():
+    out = run_cli("ablate.model", "model=llama2", "micro_batch=2", "gpus=4")
+    assert "micro_batch 2 x 256 tokens on 4 GPUs" in out.stdout
+    assert [line.split()[0] for line in out.stdout.splitlines()[-2:]] == ["ddp", "fsdp"]
+    out = run_cli("ablate.model", "gpus=0", check=False)
+    assert out.returncode == 2 and "gpus" in out.stderr and "positive integer" in out.stderr

@@ -6,6 +6,7 @@ import re
 import shlex
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from ablate.cli import check_run, compose_root, key_values
 from ablate.config import RunConfig
@@ -44,8 +45,10 @@ def test_the_readme_shows_commands_of_every_kind():
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c)[:80] for c in COMMANDS])
-def test_readme_command_composes(command, tmp_path):
+def test_readme_command_composes(command, tmp_path, request):
     name, args = command[0], command[1:]
+    if "+experiment=distillation" in args:  # its teacher must exist before anything is planned
+        args = [*args, f"train.distill.teacher={request.getfixturevalue('any_teacher')}"]
     if name in ("ablate-train", "ablate-prepare") and "-m" in args:
         out = run_cli("ablate.train", *args, "--plan", f"results_dir={tmp_path}")
         assert "to run:" in out.stdout
@@ -58,5 +61,31 @@ def test_readme_command_composes(command, tmp_path):
         key_values(args, ("experiment", "path", "results_dir", "baseline", "target_flops"))
     elif name == "ablate-export":
         key_values(args, ("run", "out", "checkpoint"))
+    elif name == "ablate-model":
+        run_cli("ablate.model", *args)
+    elif name == "ablate-tokenizers":
+        from omegaconf import OmegaConf
+
+        from ablate.config import from_dict
+        from ablate.tokenizer_study import StudyConfig
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+            node = compose(config_name="tokenizers", overrides=args)
+        data = OmegaConf.to_container(node, resolve=True)
+        data.pop("hydra", None)
+        from_dict(StudyConfig, data, "").validate()
     else:
         pytest.fail(f"no check for {name}")
+
+
+def test_the_readme_shows_what_ablate_model_prints():
+    """The README's `$ ablate-model ...` examples (memory per GPU) are what the command prints today."""
+    text = (ROOT / "README.md").read_text()
+    examples = [(command, shown) for command, shown in
+                re.findall(r"\$ (ablate-model .*?)\n((?:[^$`].*\n)+)", text.replace("\\\n", ""))
+                if "memory/GPU" in shown]
+    assert len(examples) >= 2
+    for command, shown in examples:
+        out = run_cli("ablate.model", *shlex.split(command)[1:]).stdout
+        for line in shown.splitlines():
+            assert line in out.splitlines(), (command, line)

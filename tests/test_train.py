@@ -1,5 +1,6 @@
 """Training through the real entry points: falling loss, exact resume after SIGKILL, SIGTERM
-checkpoints, divergence, refusing a different config, skipping completed runs, DDP on gloo."""
+checkpoints, divergence, refusing a different config, skipping completed runs (several processes:
+test_parallel.py)."""
 
 import json
 import math
@@ -216,22 +217,6 @@ def test_lr_schedule():
     assert lr_at(60, 110, cfg) == pytest.approx(0.55) and lr_at(110, 110, cfg) == pytest.approx(0.1)
     cfg.optim.schedule = "linear"
     assert lr_at(60, 110, cfg) == pytest.approx(0.55) and lr_at(35, 110, cfg) == pytest.approx(0.775)
-
-
-def test_ddp_two_processes_match_one(cache_dir, tmp_path):
-    """gloo, 2 processes, each half of the same global batch: the same loss curve as 1 process."""
-    common = ("train.tokens=20480", "train.micro_batch=4")
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=one", *common))
-    env = {"OMP_NUM_THREADS": "1"}
-    run_cli("torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "ablate.train",
-            *tiny_overrides(cache_dir, tmp_path, "run_name=two", *common), env=env)
-    one, two = metrics(tmp_path / "default" / "one"), metrics(tmp_path / "default" / "two")
-    assert summary(tmp_path / "default" / "two")["world_size"] == 2
-    assert len(one) == len(two) == 20
-    for a, b in zip(one, two):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
-    assert one[-1]["val_loss"] == pytest.approx(two[-1]["val_loss"], rel=1e-4)
 
 
 def test_bf16_autocast_on_cpu(cache_dir, tmp_path):

@@ -1,18 +1,25 @@
-"""`ablate-model [OVERRIDES...]`: compose a model from conf/ and print its axes, what it costs and
-which transformers class (if any) computes it. Example: ablate-model model=gemma2 model/position=alibi"""
+"""`ablate-model [OVERRIDES...] [micro_batch=N] [seq_len=N] [gpus=N]`: compose a model from conf/ and
+print its axes, what it costs, which transformers class (if any) computes it, and the memory per GPU
+training it takes under DDP and FSDP (micro_batch sequences per GPU, default 8, of seq_len tokens,
+default model.max_seq_len, on gpus processes, default 8).
+
+    ablate-model model=gemma2 model/position=alibi
+    ablate-model model=llama2 model.dim=2048 model.n_layers=24 micro_batch=4 seq_len=2048 gpus=8"""
 
 from __future__ import annotations
 
 import sys
 
-from ablate.cli import command, compose_model
+from ablate.cli import command, compose_model, key_values
 from ablate.config import ModelConfig
-from ablate.model.facts import model_facts
+from ablate.model.facts import model_facts, training_memory
 from ablate.model.mlp import mlp_hidden_dim
 from ablate.registry import ConfigError
 
+MEMORY_ARGS = ("micro_batch", "seq_len", "gpus")
 
-def describe(cfg: ModelConfig) -> str:
+
+def describe(cfg: ModelConfig, micro_batch: int = 8, seq_len: int | None = None, gpus: int = 8) -> str:
     from ablate.hf import family_of
 
     a = cfg.attention
@@ -39,12 +46,30 @@ def describe(cfg: ModelConfig) -> str:
         lines.append(f"transformers {family_of(cfg).hf_model}")
     except ConfigError:
         lines.append("transformers no class implements this variant")
-    return "\n".join(lines)
+    return "\n".join(lines + memory_table(cfg, micro_batch, seq_len or cfg.max_seq_len, gpus))
+
+
+def memory_table(cfg: ModelConfig, micro_batch: int, seq_len: int, gpus: int) -> list[str]:
+    """Memory per GPU under DDP and FSDP (ablate.model.facts.training_memory), in GiB."""
+    gib = 2**30
+    lines = [f"memory/GPU  GiB, training with AdamW at micro_batch {micro_batch} x {seq_len} tokens on {gpus} GPUs "
+             "(estimate; CUDA context and workspace not counted)",
+             f"            {'params':>8} {'grads':>8} {'AdamW':>8} {'buffers':>8} {'activ.':>8} {'total':>8}"]
+    for parallel in ("ddp", "fsdp"):
+        m = training_memory(cfg, micro_batch, seq_len, gpus, parallel)
+        cells = (m.parameters, m.gradients, m.optimizer, m.buffers, m.activations, m.total)
+        lines.append(f"  {parallel:<9} " + " ".join(f"{c / gib:>8.2f}" for c in cells))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(argv: list[str]) -> int:
-        print(describe(compose_model(argv)))
+        memory = key_values([a for a in argv if a.split("=")[0] in MEMORY_ARGS], MEMORY_ARGS)
+        for key, value in memory.items():
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(key, value, "must be a positive integer")
+        sizes = {k: int(v) for k, v in memory.items()}
+        print(describe(compose_model([a for a in argv if a.split("=")[0] not in MEMORY_ARGS]), **sizes))
         return 0
 
     return command(__doc__, argv, body, needs_args=False)

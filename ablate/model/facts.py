@@ -60,3 +60,64 @@ def _mean_keys(seq_len: int, window: int | None) -> float:
     w = seq_len if window is None else min(window, seq_len)
     # positions t < w see t + 1 keys; the rest see w
     return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+
+
+# ---- memory per GPU -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Memory:
+    """Bytes one process holds while training, by what holds them (see `training_memory`)."""
+
+    parallel: str
+    processes: int
+    parameters: float
+    gradients: float
+    optimizer: float
+    buffers: float  # DDP's gradient buckets; FSDP's gathered blocks (parameters and gradients in flight)
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.parameters + self.gradients + self.optimizer + self.buffers + self.activations
+
+
+def activation_bytes_per_token(cfg: ModelConfig) -> float:
+    """What autograd keeps per token for the backward pass under bf16 autocast, counted from the
+    shapes: per layer, each norm's fp32 input; the bf16 inputs of the attention and MLP input
+    projections; q, k, v and the attention output (a fused attention kernel: no seq x seq scores);
+    rotary inputs; the MLP's hidden activations (up, gate, act, product for gated kinds; pre- and
+    post-activation otherwise); then the final norm and the fp32 logits. It counts fused kernels,
+    as on a GPU. Against what autograd keeps on a CPU (tests/test_model.py): the gpt2 preset within
+    2%, llama2 about 16% below (the CPU's RMSNorm also keeps its normalised output). Attention with
+    a score bias (ALiBi) or soft-capping keeps seq x seq scores on a CPU, not under flex on a GPU."""
+    from ablate.model.mlp import MLPS, mlp_hidden_dim
+    from ablate.model.norm import Norm
+
+    with torch.device("meta"):
+        block = Transformer(cfg).blocks[0]
+    norms = sum(isinstance(m, Norm) for m in block.modules())
+    d, hd, h = cfg.dim, cfg.head_dim, mlp_hidden_dim(cfg)
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    layer = (4 * d * norms + 2 * d + 2 * d  # norm inputs (fp32); attention and MLP inputs (bf16)
+             + 2 * (q + 2 * kv) + 2 * q  # q, k, v; attention output (the output projection's input)
+             + (2 * (q + kv) if cfg.position.kind.startswith("rope") else 0)
+             + (8 if MLPS.get(cfg.mlp.kind).gated else 4) * h)
+    return cfg.n_layers * layer + 4 * d + 4 * cfg.vocab_size
+
+
+def training_memory(cfg: ModelConfig, micro_batch: int, seq_len: int | None = None, processes: int = 1,
+                    parallel: str = "ddp") -> Memory:
+    """Memory per process for training with AdamW: fp32 parameters (4 B each), fp32 gradients (4),
+    AdamW's two moments (8), and activations at `micro_batch` sequences of `seq_len`. DDP holds all of
+    it on every process, plus gradient buckets (4 B per parameter); FSDP divides parameters,
+    gradients and moments by the process count and gathers about two blocks at a time (bf16
+    parameters, fp32 gradients). Not counted: the CUDA context, the allocator's fragmentation and
+    temporary workspace, typically 1-3 GiB."""
+    seq_len = seq_len or cfg.max_seq_len
+    f = model_facts(cfg, seq_len)
+    n = f.params
+    per_block = f.non_embedding_params / cfg.n_layers
+    activations = activation_bytes_per_token(cfg) * micro_batch * seq_len
+    if parallel == "fsdp" and processes > 1:
+        return Memory(parallel, processes, 4 * n / processes, 4 * n / processes, 8 * n / processes,
+                      2 * per_block * (2 + 4), activations)
+    return Memory(parallel, processes, 4 * n, 4 * n, 8 * n, 4 * n if processes > 1 else 0, activations)

@@ -1,0 +1,168 @@
+"""Distillation: a student learns from a teacher's next-token distribution as well as from the
+next token (train.distill), as Gemma 2's small models were trained.
+
+    loss = (1 - weight) x CE(student, next token) + weight x T^2 x KL(teacher_T || student_T)
+
+where _T is a softmax at temperature T (the T^2 keeps the gradient's scale as T changes), over the
+tokenizer's vocabulary (a padded model's extra rows left out), or over the teacher's top_k tokens
+renormalised, with the student's log-probabilities taken at those tokens. weight 0 runs no teacher:
+plain training, bit for bit.
+
+The teacher is a completed ablate run (its final checkpoint) or a transformers causal LM in a local
+directory. It must share the student's tokenizer (the same token -> id map): anything else is
+refused before training, naming both. It runs in eval mode without gradients, under the student's
+autocast, replicated on every process; its forward FLOPs count in the run's cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate.config import DistillConfig, RunConfig
+from ablate.registry import ConfigError
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+                      top_k: int | None = None) -> torch.Tensor:
+    """T^2 x KL(teacher_T || student_T), the mean over positions; logits (..., vocab), fp32 inside."""
+    t = teacher.float() / temperature
+    log_student = F.log_softmax(student.float() / temperature, dim=-1)
+    if top_k is not None and top_k < t.shape[-1]:
+        t, ids = t.topk(top_k, dim=-1)
+        log_student = log_student.gather(-1, ids)
+    log_teacher = F.log_softmax(t, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def objective(ce: torch.Tensor, kd: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """(1 - weight) x ce + weight x kd; ce itself when nothing is distilled."""
+    return ce if kd is None else (1 - weight) * ce + weight * kd
+
+
+@dataclass
+class TeacherInfo:
+    """What a teacher is, without its weights: for the plan's cost and the refusals."""
+
+    path: str
+    kind: str  # ablate | transformers
+    config_hash: str
+    forward_flops_per_token: float
+    params: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "config_hash": self.config_hash, "params": self.params,
+                "forward_flops_per_token": self.forward_flops_per_token}
+
+
+def teacher_info(cfg: DistillConfig, seq_len: int) -> TeacherInfo | None:
+    """The teacher of `cfg` (None when not distilling), or ConfigError saying what is wrong with it."""
+    if not cfg.weight or not cfg.teacher:
+        return None
+    from ablate.model import model_facts
+    from ablate.rundir import RunDir, config_hash
+
+    path = Path(cfg.teacher)
+    run = RunDir(path)
+    if run.is_run():
+        if run.final_checkpoint() is None:
+            raise ConfigError("train.distill.teacher", cfg.teacher,
+                              f"the teacher run has not completed (status: {run.status()}); train it first")
+        stored = run.read_config()
+        teacher_cfg = RunConfig.from_dict(stored)
+        f = model_facts(teacher_cfg.model, seq_len)
+        return TeacherInfo(str(path), "ablate", config_hash(stored), f.flops_per_token / 3, f.params)
+    if (path / "config.json").is_file():
+        text = (path / "config.json").read_text()
+        params, flops = _hf_size(path, seq_len)
+        return TeacherInfo(str(path), "transformers", hashlib.sha256(text.encode()).hexdigest()[:16], flops, params)
+    raise ConfigError("train.distill.teacher", cfg.teacher,
+                      "is neither an ablate run directory (config.yaml) nor a transformers model directory "
+                      "(config.json)")
+
+
+def _hf_size(path: Path, seq_len: int) -> tuple[int, float]:
+    """Parameters and forward FLOPs per token of a transformers model: exact where ablate computes
+    the family (its facts), else 2 x parameters (attention's own FLOPs not counted)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        from ablate.hf import config_from_hf
+        from ablate.model import model_facts
+
+        f = model_facts(config_from_hf(hf_config), seq_len)
+        return f.params, f.flops_per_token / 3
+    except (ConfigError, ValueError, KeyError):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+        params = sum(p.numel() for p in model.parameters())
+        return params, 2.0 * params
+
+
+class Teacher(nn.Module):
+    """A frozen teacher: `teacher(x)` gives its logits for token ids `x` (B, T)."""
+
+    def __init__(self, model: nn.Module, kind: str, vocab: dict[str, int], info: TeacherInfo) -> None:
+        super().__init__()
+        self.model, self.kind, self.vocab, self.info = model.eval().requires_grad_(False), kind, vocab, info
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out.logits if self.kind == "transformers" else out
+
+
+def load_teacher(cfg: DistillConfig, seq_len: int, device: torch.device) -> Teacher | None:
+    """The teacher of `cfg` on `device` (None when not distilling)."""
+    info = teacher_info(cfg, seq_len)
+    if info is None:
+        return None
+    if info.kind == "ablate":
+        from ablate import checkpoint as ckpt
+        from ablate.data.tokens import Tokenizer
+        from ablate.model import Transformer
+        from ablate.rundir import RunDir
+
+        run = RunDir(info.path)
+        model = Transformer(RunConfig.from_dict(run.read_config()).model)
+        ckpt.restore(ckpt.load(run.final_checkpoint()), model)
+        vocab = Tokenizer.load(run.tokenizer_file).inner.get_vocab()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(info.path, local_files_only=True, torch_dtype=torch.float32)
+        vocab = AutoTokenizer.from_pretrained(info.path, local_files_only=True).get_vocab()
+    return Teacher(model.to(device), info.kind, vocab, info)
+
+
+def check_same_tokenizer(teacher: Teacher, student_vocab: dict[str, int], student_name: str) -> None:
+    """ConfigError unless the teacher's token -> id map is the student's."""
+    if teacher.vocab == student_vocab:
+        return
+    differ = sum(student_vocab.get(token) != i for token, i in teacher.vocab.items())
+    raise ConfigError("train.distill.teacher", teacher.info.path,
+                      f"its tokenizer ({len(teacher.vocab)} tokens) is not the student's ({student_name}, "
+                      f"{len(student_vocab)} tokens; {differ} of the teacher's tokens have another id or none): "
+                      "a teacher must share the student's tokenizer (train the teacher on the same data.* settings, "
+                      "or set data.tokenizer to the teacher's tokenizer.json)")
+
+
+def identity(teacher: Teacher) -> dict[str, Any]:
+    """What the summary records of the teacher, and what a resumed run must find again."""
+    return {k: v for k, v in teacher.info.to_dict().items() if k in ("path", "kind", "config_hash")}
+
+
+def flops_per_token(cfg: RunConfig) -> float:
+    """A run's training FLOPs per token: the student's (3 x forward) plus its teacher's forward."""
+    from ablate.model import model_facts
+
+    info = teacher_info(cfg.train.distill, cfg.seq_len)
+    return model_facts(cfg.model, cfg.seq_len).flops_per_token + (info.forward_flops_per_token if info else 0.0)

@@ -1,0 +1,108 @@
+"""The tokenizer study (ablate-tokenizers) on the built-in multilingual sample and, where present, on
+the 15 languages of ../shared/data; a sweep over tokenizers reported in bits per byte."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablate.data.tokens import Tokenizer
+from ablate.tokenizer_study import builtin_sample, mix, split
+
+from conftest import ROOT, run_cli, tiny_overrides
+
+MANPAGES = ROOT.parent / "shared" / "data" / "text" / "multilingual"
+COLUMNS = ["language", "vocab_size", "fertility_multilingual", "fertility_monolingual", "ratio", "breaks_rule"]
+
+
+def test_the_study_on_the_builtin_sample(tmp_path):
+    out = run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.3", "vocab_sizes=[512,4096]")
+    where = tmp_path / "tokenizers" / "builtin"
+    table = pd.read_csv(where / "fertility.csv")
+    assert set(COLUMNS) <= set(table.columns) and (where / "fertility.png").stat().st_size > 1000
+    assert sorted(table.language.unique()) == sorted(["latin", "accented", "cyrillic", "greek", "kana"])
+    assert set(table[table.language == "kana"].unit) == {"character"} and set(table[table.language != "kana"].unit) == {
+        "word"}
+    assert (table.breaks_rule == (table.ratio > 1.10)).all()
+    assert (table.ratio_low <= table.ratio).all() and (table.ratio <= table.ratio_high).all()
+    # a larger vocabulary: fewer tokens per word for every language and tokenizer
+    small, large = (table[table.vocab_size == v].set_index("language") for v in (512, 4096))
+    assert (large.fertility_multilingual < small.fertility_multilingual).all()
+    assert (large.fertility_monolingual < small.fertility_monolingual).all()
+
+    # measured again here, from the saved tokenizers and the same held-out documents
+    docs = builtin_sample(0.3, 0)["greek"]
+    _, heldout = split(docs, 0.1)
+    words = sum(len(d.split()) for d in heldout)
+    row = small.loc["greek"]
+    for kind, column in (("multilingual", "fertility_multilingual"), ("greek", "fertility_monolingual")):
+        tok = Tokenizer.load(where / "tokenizers" / f"{kind}-512.json")
+        assert sum(len(t) for t in tok.encode_batch(heldout)) / words == pytest.approx(row[column], rel=1e-9)
+    assert row.ratio == pytest.approx(row.fertility_multilingual / row.fertility_monolingual, rel=1e-9)
+
+    md = (where / "fertility.md").read_text()
+    for size, part in table.groupby("vocab_size"):
+        broken = part[part.breaks_rule].language.tolist()
+        section = md.split(f"## Vocabulary {size:,}")[1].split("## ")[0]
+        assert all(f"{lang} (" in section.split("\n\n")[1] for lang in broken)
+        assert f"vocabulary {size:,}: breaking the 1.10 rule: {', '.join(broken) or 'none'}" in out.stdout
+
+
+def test_the_mix_follows_the_exponent():
+    train = {"big": ["x" * 100] * 90, "small": ["y" * 100] * 10}
+    for alpha, expected in ((1.0, 0.9), (0.0, 0.5), (0.5, 3 / 4)):
+        docs, shares = mix(train, alpha)
+        big = sum(len(d) for d in docs if d[0] == "x") / sum(len(d) for d in docs)
+        assert shares["big"] == pytest.approx(expected) and big == pytest.approx(expected, abs=0.01)
+
+
+def test_a_missing_corpus_is_one_line_and_writes_nothing(tmp_path):
+    out = run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "name=bad",
+                  "corpora={en: {paths: [/nowhere/en.txt]}}", check=False)
+    assert out.returncode == 2 and "corpora.en.paths" in out.stderr and "matches no file" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "tokenizers" / "bad" / "fertility.csv").exists()
+    out = run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "vocab_sizes=[100]", check=False)
+    assert out.returncode == 2 and "vocab_sizes" in out.stderr
+
+
+@pytest.mark.skipif(not MANPAGES.is_dir(), reason="../shared/data/text/multilingual is not here")
+def test_the_study_on_fifteen_languages(tmp_path):
+    run_cli("ablate.tokenizer_study", "+study=manpages", f"data_dir={MANPAGES}", f"results_dir={tmp_path}",
+            "vocab_sizes=[4096]", "max_bytes=200000")
+    table = pd.read_csv(tmp_path / "tokenizers" / "manpages" / "fertility.csv")
+    assert len(table) == 15 and set(table[table.language == "ja"].unit) == {"character"}
+    assert (table.fertility_monolingual > 1).sum() == 14  # whitespace words take more than one token
+    # 15 languages sharing 4,096 tokens: each is worse off than with its own
+    assert (table.ratio > 1).all() and table.vocab_share.between(0.05, 0.6).all()
+
+
+def test_a_tokenizer_sweep_is_reported_in_bits_per_byte(cache_dir, tmp_path):
+    sweep = tiny_overrides(cache_dir, tmp_path, "train.tokens=20480", "train.log_every=10")
+    run_cli("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1")
+    experiment = tmp_path / "default"
+    runs = sorted(p for p in experiment.iterdir() if (p / "summary.json").exists())
+    assert len(runs) == 4
+    # bits per byte, recomputed from the token cache: nats per token / ln 2 / bytes per scored token
+    run = runs[0]
+    s = json.loads((run / "summary.json").read_text())
+    meta_dir = next(p for p in Path(cache_dir).glob("tokens-*") if json.loads((p / "meta.json").read_text())[
+        "vocab_size"] == Tokenizer.load(run / "tokenizer.json").vocab_size)
+    meta = json.loads((meta_dir / "meta.json").read_text())
+    tokens = np.memmap(meta_dir / "tokens.bin", dtype=meta["dtype"], mode="r")
+    val = tokens[len(tokens) - 2048:]
+    n = (len(val) - 1) // 64 * 64
+    text = Tokenizer.load(run / "tokenizer.json").decode(np.asarray(val[1:n + 1]).tolist())
+    assert s["val_bpb"] == pytest.approx(s["val_loss"] / math.log(2) * n / len(text.encode()), rel=1e-9)
+
+    run_cli("ablate.report", f"path={experiment}")
+    md = (experiment / "report" / "table.md").read_text()
+    assert "the arms use different tokenizers (`data.vocab_size`): losses are compared in bits per byte" in md
+    verdict = md.split("## Verdict")[1].split("##")[0]
+    assert "**val bits/byte**" in verdict and "val_loss" not in verdict
+    assert "val_loss per token (tokenizers differ: not compared)" in md
+    comps = pd.read_csv(experiment / "report" / "comparisons.csv")
+    assert "train|val_bpb" in set(comps.metric) and "train|val_loss" not in set(comps.metric)
