@@ -119,6 +119,9 @@ def check_run(cfg: RunConfig) -> RunConfig:
     check_model(cfg.model, "model")
     check_data(cfg.data, "data")
     teacher_info(cfg.train.distill, cfg.seq_len)  # a teacher that is not there, or not finished
+    from ablate.trackers import check_loggers
+
+    check_loggers(cfg.train.loggers)  # a tracker whose package is missing: the extra to install
     return cfg
 
 

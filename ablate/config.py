@@ -278,6 +278,12 @@ class TrainConfig:
     retry_diverged: bool = operational(False)  # train a diverged run again from its last good checkpoint
     progress: str = operational("auto")  # auto (a bar on a terminal, log lines otherwise) | bar | lines
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # where metrics go besides metrics.jsonl (always): tensorboard, wandb, trackio (ablate.trackers)
+    loggers: list[str] = operational(factory=lambda: ["jsonl"])
+    tracker_project: str = operational("ablate")  # W&B / trackio project; the experiment is the group
+    wandb_mode: str | None = operational(None)  # online | offline | disabled; null: WANDB_MODE or wandb's default
+    eval_every_tokens: int | None = operational(None)  # evaluate eval_suite on the live model this often
+    eval_suite: str = operational("probes")  # which eval.suites entry (its tasks) the live evaluation runs
 
 
 @dataclass
@@ -394,6 +400,15 @@ class RunConfig:
         _choice("train.device", t.device, ("auto", "cpu", "cuda"))
         _choice("train.progress", t.progress, ("auto", "bar", "lines"))
         _choice("train.parallel", t.parallel, ("ddp", "fsdp"))
+        if t.wandb_mode is not None:
+            _choice("train.wandb_mode", t.wandb_mode, ("online", "offline", "disabled"))
+        if t.eval_every_tokens is not None:
+            if t.eval_every_tokens < t.batch_tokens:
+                raise ConfigError("train.eval_every_tokens", t.eval_every_tokens,
+                                  f"must be at least one batch ({t.batch_tokens} tokens) or null")
+            if t.eval_suite not in self.eval.suites or not self.eval.suites[t.eval_suite].tasks:
+                raise ConfigError("train.eval_suite", t.eval_suite, "not a suite of eval.suites with tasks",
+                                  valid=[n for n, s in self.eval.suites.items() if s.tasks])
         d = t.distill
         if not 0 <= d.weight <= 1:
             raise ConfigError("train.distill.weight", d.weight, "must be in [0, 1] (0: no distillation)")

@@ -97,6 +97,32 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None, checkp
     return written
 
 
+def evaluate_live(model: Transformer, tokenizer: Any, cfg: Any, suite: str) -> dict[str, float]:
+    """The accuracy (or main metric) of each task of eval suite `suite` on a model being trained,
+    in process, without a checkpoint; the model and every random state are left as they were."""
+    from ablate import checkpoint
+
+    eval_cfg = dataclasses.replace(cfg.eval, suites={suite: cfg.eval.suites[suite]}, samples=False)
+    manager = prepare_tasks(eval_cfg, cfg.data.cache_dir)
+    was_training, rng = model.training, checkpoint.rng_state()  # lm-eval seeds the global generators
+    model.eval()
+    try:
+        device = str(next(model.parameters()).device)  # where it trains: never moved
+        lm = AblateLM(model=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size, max_length=cfg.seq_len,
+                      device=device)
+        results, _ = run_tasks(lm, eval_cfg.suites[suite].tasks, eval_cfg, manager)
+    finally:
+        model.train(was_training)
+        checkpoint.set_rng_state(rng)
+    found = {}
+    for task, metrics in results.get("results", {}).items():
+        for metric in ("acc", "perplexity", "word_perplexity"):
+            if f"{metric},none" in metrics:
+                found[task] = float(metrics[f"{metric},none"])
+                break
+    return found
+
+
 def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any,
               samples_file: Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, list]]]:
     """lm-eval's simple_evaluate on `tasks` through `manager` (see task_manager). Returns its

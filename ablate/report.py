@@ -33,15 +33,16 @@ from ablate import ladder, stats
 from ablate.cli import command, key_values
 from ablate.fairness import variant_name, varying
 from ablate.registry import ConfigError
-from ablate.rundir import ExperimentDir, RunDir, flatten
+from ablate.rundir import ExperimentDir, RunDir, flatten, write_text
 
 # the metric that stands for a task in the table, in order of preference
 MAIN_METRICS = ("acc", "perplexity", "word_perplexity")
 COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
         "teacher_flops_per_token": "+ teacher FLOPs/token", "kv_bytes_per_token": "KV bytes/token",
-        "tokens_per_s": "tokens/s", "mfu": "MFU", "wall_time_s": "wall time (s)"}
+        "tokens_per_s": "tokens/s", "mfu": "MFU", "wall_time_s": "wall time (s)",
+        "live_eval_share": "eval during training (share of time)"}
 # cost columns shown only where some run recorded them (MFU: a device with a known peak; a teacher's forward)
-SOMETIMES = ("mfu", "teacher_flops_per_token")
+SOMETIMES = ("mfu", "teacher_flops_per_token", "live_eval_share")
 # recorded per run, shown per variant, never tested (a count of rare events is no metric to rank by)
 STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "max_attn_logit": "max attn logit"}
 # per-token metrics of arms with different tokenizers: shown, never tested (a token is not the same unit)
@@ -550,6 +551,7 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
                   "first validation batch of the final model."]
     if not noise_table.empty:
         shown = noise_table.set_index("metric").map(_fmt)
+        shown.index = shown.index.str.replace("|", "\\|")  # a metric key names its task: task|metric
         lines += ["", "## Noise per metric", "", shown.to_markdown()]
     lines += ["", _legend(base, comps.attrs.get("tests", 0), one_run, summary)]
     return "\n".join(x for x in lines if x is not None).lstrip() + "\n", full
@@ -745,7 +747,39 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, comps: p
             ax.set_title(f"{c.label}: difference to {summary.attrs['baseline']} ({better} is better; red: "
                          f"significant)", fontsize=9)
         paths.append(_save(fig, out / "deltas.png", note))
+    live = live_curves(experiment_dir, runs)
+    if not live.empty:
+        paths.append(plot_live(live, out / "during_training.png", note))
     return paths
+
+
+def live_curves(experiment_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations of the live model during training (train.eval_every_tokens) of the plotted
+    runs: variant, run, tokens, task, value."""
+    rows = [{"variant": variant, "run": run, "tokens": r["tokens"], "task": task, "value": value}
+            for run, variant in runs["variant"].items() for r in RunDir(experiment_dir / run).metrics()
+            if "live" in r for task, value in r["live"].items()]
+    return pd.DataFrame(rows, columns=["variant", "run", "tokens", "task", "value"])
+
+
+def plot_live(live: pd.DataFrame, path: Path, note: str = "") -> Path:
+    """Each task's metric against tokens per variant: the mean over runs and its 95% interval (t over
+    runs), so that one sees when variants separate, not only where they end."""
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(live.task.unique())
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 2.2 * len(tasks)), squeeze=False, sharex=True)
+    for ax, task in zip(axes[:, 0], tasks):
+        for variant, part in live[live.task == task].groupby("variant", sort=False):
+            points = [(tokens, stats.interval(group.value.to_numpy())) for tokens, group in part.groupby("tokens")]
+            x = [t for t, _ in points]
+            ax.plot(x, [iv.mean for _, iv in points], marker=".", label=variant)
+            ax.fill_between(x, [iv.low for _, iv in points], [iv.high for _, iv in points], alpha=0.2)
+        ax.set_ylabel(task.removeprefix("ablate_"), fontsize=8)
+    axes[0, 0].set_title("During training (mean over runs, band: 95% interval)")
+    axes[-1, 0].set_xlabel("tokens")
+    axes[0, 0].legend(fontsize=7)
+    return _save(fig, path, note)
 
 
 def plotted(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -758,7 +792,7 @@ def plotted(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 def _loss_curve(run: RunDir) -> pd.Series | None:
     rows = run.metrics()
-    points = {r["tokens"]: _num(r["loss"]) for r in rows}
+    points = {r["tokens"]: _num(r["loss"]) for r in rows if "loss" in r}
     return pd.Series(points, dtype=float) if points else None
 
 
@@ -815,8 +849,77 @@ def report(experiment_dir: str | Path, baseline: str | None = None,
     for path in [*plot(experiment.path, df, summary, comps, out), plot_lr_sensitivity(experiment, out)]:
         if path is not None:
             written[path.stem] = path
+    images = [p for p in written.values() if p.suffix == ".png"]
+    written["html"] = write_text(out / "index.html", html_page(f"{experiment.path.name}: {count}", text, images))
     print(text)
     return written
+
+
+# ---- index.html ---------------------------------------------------------------------------------
+def html_page(title: str, markdown: str, images: list[Path]) -> str:
+    """One self-contained page: table.md's text as HTML and every plot inlined (base64), so it opens
+    offline from a file browser or a paper's supplement, with no server and no other file."""
+    import base64
+    import html
+
+    figures = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.name)}</figcaption></figure>\n'
+        for p in images)
+    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:80em;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;"
+             "text-align:right}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+             "code{background:#f3f3f3;padding:0 .2em}figure{margin:1.5em 0}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n{markdown_html(markdown)}\n<h2>Plots</h2>\n{figures}"
+            "</body></html>\n")
+
+
+def markdown_html(text: str) -> str:
+    """The subset of Markdown the report writes (headings, lists, pipe tables, paragraphs, **bold**,
+    `code`) as HTML."""
+    import html
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s, quote=False)
+        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 6)
+            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", lines[i].strip()[1:-1])]
+                if not all(set(c) <= set(":-") for c in cells):
+                    rows.append(cells)
+                i += 1
+            head, *body = rows
+            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</tbody></table>")
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.strip():
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
+                para.append(lines[i])
+                i += 1
+            out.append(f"<p>{inline(' '.join(para))}</p>")
+            continue
+        i += 1
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,10 @@ class RunDirError(RuntimeError):
     """The run directory holds something this run must not touch."""
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def write_text(path: Path, text: str) -> Path:
     """Write `text` to `path` atomically: a temporary file in the same directory, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +48,7 @@ def write_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it (mkstemp's is private to the owner)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

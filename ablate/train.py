@@ -37,8 +37,10 @@ from ablate.distill import Teacher, check_same_tokenizer, distillation_loss, loa
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
 from ablate.optimizer import build_optimizer
+from ablate.registry import ConfigError
 from ablate.rundir import RunDir, RunDirError, flatten
 from ablate.stats import GRAD_SPIKE, LOSS_SPIKE, SPIKE_MIN_HISTORY, SPIKE_WINDOW
+from ablate.trackers import Trackers
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
@@ -58,6 +60,7 @@ class State:
     grad_spikes: int = 0
     recent_losses: list[float] = field(default_factory=list)  # the last SPIKE_WINDOW steps
     recent_grads: list[float] = field(default_factory=list)
+    live_eval_s: float = 0.0  # seconds spent evaluating the live model (train.eval_every_tokens)
 
     def note_step(self, loss: float, grad_norm: float) -> None:
         """Count loss and gradient-norm spikes against the running medians (ablate.stats: LOSS_SPIKE)."""
@@ -106,6 +109,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     model = Transformer(cfg.model).to(device)
     compile_blocks(model, cfg.train.compile, device)
     net = dist.wrap(model, cfg.train.parallel, bf16=isinstance(autocast, torch.autocast))
+    if dist.sharded and cfg.train.eval_every_tokens:
+        raise ConfigError("train.eval_every_tokens", cfg.train.eval_every_tokens,
+                          "evaluating during training needs the whole model in one process: not with "
+                          "train.parallel=fsdp on several processes (use ddp, or evaluate checkpoints)")
     opt = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
     state = maybe_resume(run, model, opt, dist)
     if dist.is_main:
@@ -164,6 +171,7 @@ class Runner:
         self.read_every = 1 if device.type == "cpu" else cfg.train.log_every
         self.val_bytes_per_token = validation_bytes_per_token(data, cfg.seq_len)
         self.pending: list[dict[str, Any]] = []  # steps whose loss and gradient norm are still on the device
+        self.trackers = Trackers(cfg, run, axes(cfg.model), state.step) if dist.is_main else None
         self.signalled: int | None = None
         self.compile_checked = False
 
@@ -184,6 +192,7 @@ class Runner:
                     if record is records[-1]:
                         self.maybe_evaluate(record)
                     self.log(record, progress)
+                self.maybe_evaluate_live()
                 if self.dist.any(self.signalled is not None):
                     return self.interrupted(previous)
                 if not self.maybe_checkpoint():
@@ -197,13 +206,39 @@ class Runner:
         finally:
             progress.close()
             self.restore_signals(previous)
+            if self.trackers is not None:
+                self.trackers.close()
 
     def due(self, step: int) -> bool:
         """Whether the loop reads the device after `step` (see the class doc)."""
         t = self.cfg.train
         return (step % self.read_every == 0 or step == 1 or step == self.total_steps
                 or step % t.log_every == 0 or step % t.checkpoint_every == 0
-                or bool(t.eval_every and step % t.eval_every == 0))
+                or bool(t.eval_every and step % t.eval_every == 0) or self.live_due(step))
+
+    def live_due(self, step: int) -> bool:
+        """Whether `step` crosses a multiple of train.eval_every_tokens."""
+        every, batch = self.cfg.train.eval_every_tokens, self.cfg.train.batch_tokens
+        return bool(every) and step * batch // every > (step - 1) * batch // every
+
+    def maybe_evaluate_live(self) -> None:
+        """train.eval_every_tokens: the eval suite's tasks on the live model (rank 0; no checkpoint),
+        a metrics line {"step", "tokens", "live": {task: metric}, "live_s"} and the trackers."""
+        if not self.live_due(self.state.step):
+            return
+        if self.dist.is_main:
+            from ablate.evaluate import evaluate_live
+
+            start = time.perf_counter()
+            found = evaluate_live(self.model, self.data.tokenizer, self.cfg, self.cfg.train.eval_suite)
+            seconds = time.perf_counter() - start
+            self.state.live_eval_s += seconds
+            line = {"step": self.state.step, "tokens": self.state.tokens, "live": found, "live_s": round(seconds, 3)}
+            self.rundir.append_metrics(line)
+            self.trackers.log(line)
+            log.info("step %d: %s (%.1f s)", self.state.step,
+                     ", ".join(f"{k} {v:.3f}" for k, v in found.items()), seconds)
+        self.dist.barrier()
 
     def first_step(self) -> dict[str, Any]:
         """The first step of this process, where a compiled model compiles: if that fails, say so
@@ -294,6 +329,7 @@ class Runner:
         every = self.cfg.train.log_every
         if record["step"] % every == 0 or "val_loss" in record or record["step"] == self.total_steps:
             self.rundir.append_metrics(record)
+            self.trackers.log(record)
         progress.update(record)
 
     def maybe_checkpoint(self) -> bool:
@@ -307,6 +343,8 @@ class Runner:
         return True
 
     def save(self) -> None:
+        if self.trackers is not None:
+            self.trackers.flush()
         extra = {"state": self.state.__dict__, "rng": checkpoint.rng_state(), "config": self.cfg.to_dict()}
         keep = self.cfg.train.keep_checkpoints
         if self.cfg.train.parallel == "fsdp":
@@ -378,6 +416,9 @@ class Runner:
             "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32",
             "loss_spikes": s.loss_spikes, "grad_spikes": s.grad_spikes, **extra,
         }
+        if cfg.train.eval_every_tokens:  # what evaluating during training cost, beside the training itself
+            summary["live_eval_s"] = s.live_eval_s
+            summary["live_eval_share"] = s.live_eval_s / (s.live_eval_s + s.elapsed_s) if s.elapsed_s else 0.0
         if self.teacher is not None:  # its forward is part of what a token costs (mfu counts it too)
             summary["teacher"] = distill.identity(self.teacher)
             summary["teacher_flops_per_token"] = self.teacher.info.forward_flops_per_token

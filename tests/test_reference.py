@@ -76,3 +76,41 @@ def test_the_verdict_quoted_in_the_readme_is_the_reports():
     table = (REPORT / "table.md").read_text()
     numbers = re.findall(r"\d+\.\d{3}", text)
     assert len(numbers) >= 12 and all(n in table for n in numbers), [n for n in numbers if n not in table]
+
+
+def section_tables(title: str) -> list[pd.DataFrame]:
+    text = (ROOT / "README.md").read_text().split(f"## {title}\n")[1].split("\n## ")[0]
+    tables, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])])
+        elif rows:
+            header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+            tables.append(pd.DataFrame(body, columns=header))
+            rows = []
+    return tables
+
+
+def test_readme_quotes_the_committed_distillation_result():
+    (_, result) = section_tables("Distillation")
+    report = pd.read_csv(ROOT / "results" / "distillation" / "report" / "table.csv", index_col=0)
+    for _, row in result.iterrows():
+        variant = row["variant"].split("`")[1]
+        mean, _, rest = row["val_loss (3 seeds)"].partition(" ± ")
+        check(mean, float(report.loc[variant, "train|val_loss"]), variant)
+        half = report.loc[variant, "train|val_loss|high"] - report.loc[variant, "train|val_loss"]
+        check(rest.split()[0], float(half), f"{variant} ±")
+        check(row["tokens/s"], float(report.loc[variant, "train|tokens_per_s"]), f"{variant} tokens/s")
+
+
+def test_readme_quotes_the_committed_tokenizer_study():
+    (table,) = [t for t in section_tables("Tokenizers") if "breaking the rule" in t.columns]
+    study = pd.read_csv(ROOT / "results" / "tokenizers" / "manpages" / "fertility.csv")
+    for _, row in table.iterrows():
+        part = study[study.vocab_size == int(row["vocabulary"].replace(",", ""))]
+        broken = part[part.breaks_rule].language.tolist()
+        said = row["breaking the rule"]
+        expected = f"all {len(part)}" if len(broken) == len(part) else f"{', '.join(broken)} ({len(broken)})"
+        assert said == expected
+        low, high = part.loc[part.ratio.idxmin()], part.loc[part.ratio.idxmax()]
+        assert row["ratio range"] == f"{low.ratio:.3f} ({low.language}) - {high.ratio:.3f} ({high.language})"

@@ -36,15 +36,20 @@ def _queued() -> list[str]:
 
 
 def test_three_variant_sweep_on_slurm(cache_dir, tmp_path):
+    watch = ("train.loggers=[jsonl,tensorboard,wandb]", "train.wandb_mode=offline")
     run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi",
-            *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
+            *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1", *watch), env=SLURM_ENV)
     runs = sorted(p for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists())
     assert [r.name.split("-")[1] for r in runs] == ["alibi", "learned", "rope"]
     assert all(_summary(r)["status"] == "completed" for r in runs)
+    # one tracker run per arm: a TensorBoard directory each under the experiment's, a W&B id each
+    assert sorted(p.name for p in (tmp_path / "default" / "tensorboard").iterdir()) == [r.name for r in runs]
+    ids = {json.loads((r / "trackers.json").read_text())["id"] for r in runs}
+    assert len(ids) == 3 and all(len(list((r / "wandb").glob("offline-run-*"))) == 1 for r in runs)
     assert list((tmp_path / "default" / ".submitit").iterdir()), "the jobs went through submitit"
     # the same sweep again: everything completed, nothing is queued
     out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model/position=learned,rope,alibi",
-                  *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1"), env=SLURM_ENV)
+                  *tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "train.threads=1", *watch), env=SLURM_ENV)
     assert "to run: 0 jobs" in out.stdout
 
 
@@ -82,8 +87,10 @@ def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
     common = ("train.tokens=1024000", "train.checkpoint_every=50", "train.threads=1", "train.log_every=50",
               "train.eval_every=0")
     run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *common))
+    # it logs to TensorBoard and W&B (offline) as well: one tracker run across the requeue
+    watch = ("train.loggers=[jsonl,tensorboard,wandb]", "train.wandb_mode=offline")
     args = ["-m", "hydra/launcher=slurm", "run_name=requeued",
-            *tiny_overrides(cache_dir, tmp_path, *common)]
+            *tiny_overrides(cache_dir, tmp_path, *common, *watch)]
     sweep = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env={**os.environ, **SLURM_ENV})
     run = tmp_path / "default" / "requeued"
@@ -100,6 +107,14 @@ def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
     assert (s["train_loss"], s["val_loss"]) == (straight["train_loss"], straight["val_loss"])
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in shown, "the job really was requeued"
+    tracker_id = json.loads((run / "trackers.json").read_text())["id"]
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and {p.name.rsplit("-", 1)[1] for p in offline} == {tracker_id}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "default" / "tensorboard" / "requeued"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(50, 1001, 50))  # each step once
 
 
 def test_bad_sweep_queues_nothing(cache_dir, tmp_path):
