@@ -160,9 +160,11 @@ def identity(teacher: Teacher) -> dict[str, Any]:
     return {k: v for k, v in teacher.info.to_dict().items() if k in ("path", "kind", "config_hash")}
 
 
-def flops_per_token(cfg: RunConfig) -> float:
-    """A run's training FLOPs per token: the student's (3 x forward) plus its teacher's forward."""
+def flops_per_token(cfg: RunConfig, model: Any = None) -> float:
+    """A run's training FLOPs per token: the student's (3 x forward; `model`, else cfg.model) plus
+    its teacher's forward."""
     from ablate.model import model_facts
 
     info = teacher_info(cfg.train.distill, cfg.seq_len)
-    return model_facts(cfg.model, cfg.seq_len).flops_per_token + (info.forward_flops_per_token if info else 0.0)
+    student = model_facts(model or cfg.model, cfg.seq_len).flops_per_token
+    return student + (info.forward_flops_per_token if info else 0.0)

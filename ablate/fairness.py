@@ -178,6 +178,9 @@ def arm_names(configs: Sequence[RunConfig]) -> list[str]:
     return [variant_name(f, differ) for f in flats]
 
 
+TOKENIZER_FIELDS = ("data.tokenizer", "data.vocab_size", "data.tokenizer_documents")
+
+
 def check(job_overrides: Sequence[Sequence[str]], configs: Sequence[RunConfig], conf_dir: Path = CONF_DIR) -> Fairness:
     """Compare the arms of a sweep (see the module doc)."""
     arms = arms_of(configs)
@@ -193,6 +196,10 @@ def check(job_overrides: Sequence[Sequence[str]], configs: Sequence[RunConfig], 
     tolerance = configs[0].fairness.param_tolerance
     sizes = list(dict.fromkeys(a.config.ladder.size for a in arms))
     _config_differences(arms, axes, result)  # a ladder's rungs differ in what follows from ladder.size
+    tokenizers = [f for f in varying([a.flat for a in arms]) if f in TOKENIZER_FIELDS]
+    if tokenizers:
+        result.notes.append(f"differs by design: the tokenizer ({', '.join(tokenizers)}): per-token losses are not "
+                            "comparable across tokenizers, so the report compares bits per byte")
     if len(sizes) > 1 and None not in sizes:  # a ladder: arms are compared within each rung
         result.notes.append("differs by design: each rung's shape and budget (model.dim, model.n_layers, "
                             "model.attention.n_heads and train.tokens follow from ladder.size)")

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ablate import ladder, stats
 from ablate.cli import command, key_values
-from ablate.fairness import variant_name, varying
+from ablate.fairness import TOKENIZER_FIELDS, variant_name, varying
 from ablate.registry import ConfigError
 from ablate.rundir import ExperimentDir, RunDir, flatten, write_text
 
@@ -49,7 +49,6 @@ STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "m
 UNTESTED = ("cost", "stability", "confounded")
 HIGHER_IS_BETTER = {"acc": True, "acc_chance_adj": True, "perplexity": False, "word_perplexity": False,
                     "val_loss": False, "val_bpb": False}
-TOKENIZER_FIELDS = ("data.tokenizer", "data.vocab_size", "data.tokenizer_documents")
 
 
 # ---- collect ------------------------------------------------------------------------------------

@@ -224,14 +224,27 @@ def check_eval_tasks(jobs: list[Job]) -> None:
             raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- nothing was launched") from None
 
 
+def planned_model(cfg: RunConfig) -> Any:
+    """The model a job will train, as far as it is known before its tokenizer exists: a BPE trained
+    here gives the vocabulary data.vocab_size (padded as training pads it), which model.vocab_size
+    does not know yet; a named tokenizer's size is known only once it is loaded."""
+    import dataclasses
+
+    from ablate.train import padded_vocab
+
+    if cfg.data.tokenizer != "bpe":
+        return cfg.model
+    return dataclasses.replace(cfg.model, vocab_size=padded_vocab(cfg.data.vocab_size))
+
+
 def plan_table(jobs: list[Job], config: Any, title: str = "") -> str:
     """Jobs, run dirs, state and cost; the GPU-hours assume the stated GPU FLOP/s and MFU."""
     cost = config.get("cost", {})
     flops, mfu = float(cost.get("gpu_tflops", 989.0)) * 1e12, float(cost.get("mfu", 0.4))
     lines, total = [], 0.0
     for i, job in enumerate(jobs):
-        f = model_facts(job.config.model, job.config.seq_len)
-        per_token = run_flops_per_token(job.config)  # a teacher's forward included
+        f = model_facts(planned_model(job.config), job.config.seq_len)
+        per_token = run_flops_per_token(job.config, planned_model(job.config))  # a teacher's forward included
         hours = job.config.train.tokens * per_token / (flops * mfu) / 3600
         total += hours if job.trains else 0.0
         status = job.status if job.launch or job.status == "completed" else f"{job.status} (kept)"
@@ -261,7 +274,7 @@ def rung_table(jobs: list[Job], flops: float) -> list[str]:
              "  train FLOPs  GPU-hours  runs"]
     for (size, _), group in sorted(rungs.items(), key=lambda kv: kv[0][0]):
         cfg = group[0].config
-        f = model_facts(cfg.model, cfg.seq_len)
+        f = model_facts(planned_model(cfg), cfg.seq_len)
         total = cfg.train.tokens * f.flops_per_token
         lines.append(f"{size:>7}  {cfg.model.n_layers:>6}  {cfg.model.attention.n_heads:>5}  "
                      f"{f.non_embedding_params / 1e6:14.2f}M  {cfg.train.tokens:>12,}  "
