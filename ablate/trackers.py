@@ -29,7 +29,6 @@ from ablate.rundir import RunDir, flatten, write_text
 
 log = logging.getLogger("ablate.trackers")
 LOGGERS = ("jsonl", "tensorboard", "wandb", "trackio")
-EXTRA = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
 
 
 def check_loggers(loggers: list[str]) -> None:
@@ -39,9 +38,9 @@ def check_loggers(loggers: list[str]) -> None:
     for name in loggers:
         if name not in LOGGERS:
             raise ConfigError("train.loggers", name, "unknown logger", valid=LOGGERS)
-        if name in EXTRA and importlib.util.find_spec(EXTRA[name][0]) is None:
-            raise ConfigError("train.loggers", name, f"needs the {EXTRA[name][0]} package: pip install "
-                              f"'ablate[{EXTRA[name][1]}]'")
+        # each tracker's package and its extra are named alike
+        if name != "jsonl" and importlib.util.find_spec(name) is None:
+            raise ConfigError("train.loggers", name, f"needs the {name} package: pip install 'ablate[{name}]'")
 
 
 class Trackers:
