@@ -17,17 +17,24 @@ COLUMNS = {"val loss": "train|val_loss", "length acc": "ablate_length|acc", "nes
 PROBE_COLUMNS = {"chance", "best", "best acc", "SNR"}
 
 
-def readme_tables() -> list[pd.DataFrame]:
-    text = (ROOT / "README.md").read_text().split("### The reference quickstart result")[1].split("\n## ")[0]
+def section_tables(heading: str) -> list[pd.DataFrame]:
+    """The pipe tables of the README's section under `heading`, up to the next `## ` (cells split on
+    unescaped pipes)."""
+    text = (ROOT / "README.md").read_text().split(f"{heading}\n")[1].split("\n## ")[0]
     tables, rows = [], []
     for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])])
         elif rows:
             header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
-            tables.append(pd.DataFrame(body, columns=header).set_index(header[0]))
+            tables.append(pd.DataFrame(body, columns=header))
             rows = []
     return tables
+
+
+def readme_tables() -> list[pd.DataFrame]:
+    """The reference quickstart's tables, indexed by their first column."""
+    return [t.set_index(t.columns[0]) for t in section_tables("### The reference quickstart result")]
 
 
 def check(text: str, value: float, label: str) -> None:
@@ -78,21 +85,8 @@ def test_the_verdict_quoted_in_the_readme_is_the_reports():
     assert len(numbers) >= 12 and all(n in table for n in numbers), [n for n in numbers if n not in table]
 
 
-def section_tables(title: str) -> list[pd.DataFrame]:
-    text = (ROOT / "README.md").read_text().split(f"## {title}\n")[1].split("\n## ")[0]
-    tables, rows = [], []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])])
-        elif rows:
-            header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
-            tables.append(pd.DataFrame(body, columns=header))
-            rows = []
-    return tables
-
-
 def test_readme_quotes_the_committed_distillation_result():
-    (_, result) = section_tables("Distillation")
+    (_, result) = section_tables("## Distillation")
     report = pd.read_csv(ROOT / "results" / "distillation" / "report" / "table.csv", index_col=0)
     for _, row in result.iterrows():
         variant = row["variant"].split("`")[1]
@@ -104,7 +98,7 @@ def test_readme_quotes_the_committed_distillation_result():
 
 
 def test_readme_quotes_the_committed_tokenizer_study():
-    (table,) = [t for t in section_tables("Tokenizers") if "breaking the rule" in t.columns]
+    (table,) = [t for t in section_tables("## Tokenizers") if "breaking the rule" in t.columns]
     study = pd.read_csv(ROOT / "results" / "tokenizers" / "manpages" / "fertility.csv")
     for _, row in table.iterrows():
         part = study[study.vocab_size == int(row["vocabulary"].replace(",", ""))]
