@@ -6,11 +6,17 @@ matched against torch.cuda.get_device_name; `train.peak_tflops` overrides the ta
 lacks, a clock-limited part, or a measured ceiling instead of the datasheet's). None on a CPU
 unless given: a CPU's peak depends on its cores, clocks and ISA, and a datasheet figure would
 mislead.
+
+It also says what decides a CPU's float rounding (`numerics_kind`): numbers recorded on one CPU
+reproduce to the last digit only on a CPU of the same kind with the same thread count.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,3 +53,52 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world_s
     if peak is None or not peak > 0:
         return None
     return flops_per_token * tokens_per_s / (peak * 1e12 * world_size)
+
+
+# ---- CPUs ---------------------------------------------------------------------------------------
+# the ISA extensions that ATen, oneDNN and MKL pick kernels by (each kernel rounds in its own order)
+KERNEL_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and its feature flags, from /proc/cpuinfo (elsewhere: platform's
+    processor name and no flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine(), set()
+    name, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model name", "CPU part") and not name:
+            name = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return name or platform.machine(), flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains
+    about 2x faster than fp32; elsewhere it is emulated, and slower."""
+    flags = cpu_info()[1]
+    # ATEN_CPU_CAPABILITY=avx2 (as `tests/test_traces.py --measure` sets) takes the AVX-512 kernels away
+    vector = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX", "AVX2", "ZVECTOR", "VSX")
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and vector
+
+
+def numerics_kind(threads: int) -> dict[str, Any]:
+    """What decides the rounding of a CPU computation here: the CPU's model name, the ISA
+    extensions the kernels dispatch on, ATen's CPU capability (ATEN_CPU_CAPABILITY can lower it),
+    the torch version and the thread count (a reduction split over threads adds in another order)."""
+    name, flags = cpu_info()
+    return {"cpu": name, "isa": sorted(f for f in KERNEL_ISA if f in flags),
+            "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__.split("+")[0],
+            "threads": threads}
+
+
+def same_numerics(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two numerics kinds should give the same floats to the last digit."""
+    keys = ("cpu", "isa", "capability", "torch", "threads")
+    return all(a.get(k) == b.get(k) for k in keys)

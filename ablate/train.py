@@ -32,7 +32,7 @@ from ablate.cli import hydra_app
 from ablate.config import OPERATIONAL, ModelConfig, RunConfig
 from ablate.data.batches import Batches, validation_batches
 from ablate.data.tokens import TokenData, prepare
-from ablate.devices import mfu, peak_tflops
+from ablate.devices import cpu_has_native_bf16, mfu, peak_tflops
 from ablate.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
 from ablate.distributed import Dist, setup_distributed
 from ablate.model import Transformer, model_facts
@@ -549,16 +549,6 @@ def axes(model: ModelConfig) -> dict[str, Any]:
 
 def padded_vocab(n: int) -> int:
     return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trains
-    about 2x faster than fp32; elsewhere it is emulated, and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: no way to tell, so fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_device(cfg: RunConfig) -> tuple[torch.device, Any]:

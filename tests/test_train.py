@@ -290,7 +290,7 @@ def test_integral_floats_are_accepted_for_counts():
 def test_precision_is_used_and_recorded(cache_dir, tmp_path):
     """train.precision: bf16 autocast changes the numbers and says so in summary.json; auto picks
     bf16 exactly where the CPU computes it natively (fp32 elsewhere)."""
-    from ablate.train import cpu_has_native_bf16
+    from ablate.devices import cpu_has_native_bf16
 
     losses, used = {}, {}
     for precision in ("fp32", "bf16", "auto"):
