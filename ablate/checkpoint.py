@@ -10,12 +10,22 @@ weights and AdamW state through torch.distributed.checkpoint (each process write
 number of processes reads them back, resharding as it loads) and `extra.pt` (step, counters, RNG,
 config). It is written as `.step_00001200.tmp/` and renamed when complete. Both kinds load into a
 single-process model (evaluation, export) with `restore`.
+
+Loading never runs code from the file. A checkpoint is read with `torch.load(weights_only=True)`:
+tensors, numbers, strings and containers only (the RNG states are stored as tensors and lists). A
+checkpoint written before that stored numpy's RNG state as an array; it loads through an allowlist of
+exactly numpy's array and dtype reconstruction. A sharded checkpoint's `.metadata` (which
+torch.distributed.checkpoint would unpickle freely) and its non-tensor entries are read through an
+unpickler that admits only the checkpoint format's own classes. A file that asks for anything else
+(`posix.system`, `builtins.eval`, ...) is refused with one line naming what it asked for.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -26,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablate.files import UMASK, WriteError
+
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 EXTRA = "extra.pt"  # in a sharded checkpoint: everything but weights and optimizer state
 log = logging.getLogger("ablate.checkpoint")
@@ -35,8 +47,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A file that would run code when loaded: refused, never moved aside for an older checkpoint."""
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every generator's state as tensors and plain lists (what a weights-only load reads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,28 +64,58 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]  # keys: a tensor, or (older files) a numpy array
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write `state` as the checkpoint of `step`, then delete all but the newest `keep`."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / file_name(step)
-    fd, tmp = tempfile.mkstemp(prefix=".step_", suffix=".tmp", dir=directory)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".step_", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as raw:
+            handle = _Recording(raw)
+            try:
+                torch.save(state, handle)
+            except Exception:  # torch reports a failed write as its own RuntimeError ("unexpected pos")
+                if handle.error is not None:
+                    raise handle.error from None
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)  # as open() would have made it (mkstemp's is private to the owner)
         os.replace(tmp, final)
+    except OSError as err:
+        raise WriteError(final, err) from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)  # frees what the failed write took
     for old in checkpoints(directory)[:-keep]:
         remove(old)
     return final
+
+
+class _Recording:
+    """A binary file whose write errors are kept, so that the OSError behind torch.save's failure
+    (ENOSPC) can be named."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def remove(path: Path) -> None:
@@ -89,15 +138,21 @@ def save_sharded(directory: Path, step: int, model: torch.nn.Module, opt: torch.
     if is_main:
         directory.mkdir(parents=True, exist_ok=True)
     model_state, optim_state = get_state_dict(model, opt)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
+    try:
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
+        if is_main:
+            with open(tmp / EXTRA, "wb") as handle:
+                torch.save(extra, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if final.exists():  # the same step written again (a resumed run that stopped there)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except OSError as err:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(final, err) from err
     if is_main:
-        with open(tmp / EXTRA, "wb") as handle:
-            torch.save(extra, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if final.exists():  # the same step written again (a resumed run that stopped there)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for old in checkpoints(directory)[:-keep]:
             remove(old)
     if td.is_initialized():
@@ -124,15 +179,116 @@ def checkpoints(directory: Path) -> list[Path]:
     return sorted((p for p in directory.iterdir() if _NAME.match(p.name)), key=lambda p: (step_of(p), p.name))
 
 
+def _numpy_reconstruct() -> Any:
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._reconstruct
+
+
+# what a checkpoint written by an older ablate needs beyond a weights-only load: numpy's RNG keys
+_NUMPY_DTYPES = [np.dtypes.UInt32DType] if hasattr(np, "dtypes") else []
+_LEGACY_NUMPY = [np.ndarray, np.dtype, *_NUMPY_DTYPES, (_numpy_reconstruct(), "numpy.core.multiarray._reconstruct"),
+                 (_numpy_reconstruct(), "numpy._core.multiarray._reconstruct")]
+
+
+def _unsafe_globals(source: Path | io.BytesIO) -> list[str]:
+    """The globals beyond the allowlist that a file asks for when unpickled (read, never called)."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(source)
+    except Exception:  # not a torch file at all: an ordinary unreadable checkpoint
+        return []
+    allowed = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
+               "numpy._core.multiarray._reconstruct"} | {f"numpy.dtypes.{t.__name__}" for t in _NUMPY_DTYPES}
+    return [g for g in found if g not in allowed]
+
+
+def safe_load(source: Path | io.BytesIO, what: str) -> Any:
+    """torch.load without running code (see the module doc); CheckpointError naming `what` otherwise."""
+    try:
+        with torch.serialization.safe_globals(_LEGACY_NUMPY):
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        asked = _unsafe_globals(source)
+        if not asked:
+            raise
+        raise UnsafeCheckpointError(f"{what} is refused: loading it would call {', '.join(asked)}, and a checkpoint "
+                                    "may only hold tensors, numbers and strings (ablate never writes such a file)"
+                                    ) from None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Reads a torch.distributed.checkpoint `.metadata` admitting only its own classes."""
+
+    PLAIN = frozenset({("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+                       ("builtins", "object"), ("copyreg", "_reconstructor"), ("torch.serialization", "_get_layout"),
+                       ("torch", "Size"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                       ("pathlib", "PurePosixPath")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        import importlib
+
+        if (module, name) in self.PLAIN:
+            return super().find_class(module, name)
+        if "." not in name:
+            if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                            torch.memory_format)):
+                return getattr(torch, name)
+            if module.startswith("torch.distributed.checkpoint."):
+                found = getattr(importlib.import_module(module), name, None)
+                if isinstance(found, type) and found.__module__ == module:
+                    return found
+        raise CheckpointError(f"loading it would call {module}.{name}")
+
+
+def _checked_unpickle(data: bytes, what: str) -> Any:
+    try:
+        return _MetadataUnpickler(io.BytesIO(data)).load()
+    except CheckpointError as err:
+        raise UnsafeCheckpointError(f"{what} is refused: {err}, and a checkpoint may only hold tensors, numbers and "
+                              "strings (ablate never writes such a file)") from None
+
+
+def _safe_dcp():
+    """torch.distributed.checkpoint's reader and planner, reading metadata and non-tensor entries
+    without running code."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as handle:
+                metadata = _checked_unpickle(handle.read(), str(path))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            loaded = safe_load(value, f"{read_item.dest_index.fqn} in a sharded checkpoint")
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    return Reader, Planner
+
+
 def load(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents. For a sharded one: its extra state with `sharded` set to the path
-    (weights and optimizer state stay on disk until `restore`)."""
+    """A checkpoint's contents, loaded without running code. For a sharded one: its extra state with
+    `sharded` set to the path (weights and optimizer state stay on disk until `restore`)."""
     try:
         if path.is_dir():
             if not (path / ".metadata").is_file():
                 raise FileNotFoundError(f"{path / '.metadata'} is missing")
-            return {**torch.load(path / EXTRA, map_location="cpu", weights_only=False), "sharded": str(path)}
-        return torch.load(path, map_location="cpu", weights_only=False)
+            _checked_unpickle((path / ".metadata").read_bytes(), str(path / ".metadata"))
+            return {**safe_load(path / EXTRA, str(path / EXTRA)), "sharded": str(path)}
+        return safe_load(path, str(path))
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises several types for a truncated or foreign file
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first})") from err
@@ -153,16 +309,19 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Opti
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import state_dict as states
 
+    reader, planner = _safe_dcp()
     try:
         if opt is None:
             state = {"model": states.get_model_state_dict(model)}  # one process reads it all (evaluation, export)
-            dcp.load(state, checkpoint_id=saved["sharded"], no_dist=True)
+            dcp.load(state, storage_reader=reader(saved["sharded"]), planner=planner(), no_dist=True)
             states.set_model_state_dict(model, state["model"])
         else:
             model_state, optim_state = states.get_state_dict(model, opt)
             state = {"model": model_state, "optimizer": optim_state}
-            dcp.load(state, checkpoint_id=saved["sharded"])
+            dcp.load(state, storage_reader=reader(saved["sharded"]), planner=planner())
             states.set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    except CheckpointError:
+        raise
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         where = saved["sharded"]
@@ -177,6 +336,8 @@ def latest(directory: Path) -> dict[str, Any] | None:
     for path in reversed(found):
         try:
             return load(path)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as err:
             log.warning("%s; moved aside as %s.unreadable, trying the one before", err, path.name)
             try:

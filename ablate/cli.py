@@ -9,6 +9,9 @@ status 2, no traceback.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,12 +20,13 @@ from typing import Any
 
 from ablate.checkpoint import CheckpointError
 from ablate.config import IDENTITY, OPERATIONAL, ModelConfig, RunConfig
+from ablate.files import WriteError
 from ablate.registry import ConfigError
 from ablate.rundir import RunDirError, RunError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-# the mistakes a user can make, each reported as one line
-USER_ERRORS = (ConfigError, RunError, RunDirError, CheckpointError)
+# the mistakes a user can make, and a disk that is full, each reported as one line
+USER_ERRORS = (ConfigError, RunError, RunDirError, CheckpointError, WriteError)
 
 
 # ---- reporting ----------------------------------------------------------------------------------
@@ -100,9 +104,44 @@ def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str
             continue
         named[key] = value  # a key given twice keeps its first place and its last value
     # the key's last part names it (dim=512), unless that is `seed`, which -s<seed> names: data_seed=1
-    parts += [f"{k.rsplit('.', 1)[-1] if not k.endswith('.seed') else k.replace('.', '_')}={v}".replace("/", "_")
+    parts += [f"{k.rsplit('.', 1)[-1] if not k.endswith('.seed') else k.replace('.', '_')}={name_value(v)}"
               for k, v in named.items()]
-    return "-".join(str(p) for p in parts if p is not None) + f"-s{seed}"
+    head = [str(p) for p in parts[:len(parts) - len(named)] if p is not None]  # the preset, axes, data set
+    return f"{_fit(head, [str(p) for p in parts[len(parts) - len(named):]])}-s{seed}"
+
+
+def _fit(head: list[str], tail: list[str]) -> str:
+    """head-tail joined by '-', within NAME_LIMIT bytes: when too long, the earliest named
+    overrides give way to a hash of the whole (~1a2b3c4d), so that the preset and axes, and the
+    overrides given last (the LR a tuning sets), still read."""
+    full = "-".join([*head, *tail])
+    if len(full.encode()) <= NAME_LIMIT:
+        return full
+    tag, tail = f"~{_short_hash(full, 8)}", list(tail)
+    while tail and len("-".join([*head, tag, *tail]).encode()) > NAME_LIMIT:
+        tail.pop(0)
+    return "-".join([*head, tag, *tail]).encode()[:NAME_LIMIT].decode(errors="ignore")
+
+
+NAME_LIMIT = 200  # characters of a run name before its seed (a file system allows 255 bytes a name)
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,24}$")
+
+
+def _short_hash(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def name_value(value: str) -> str:
+    """A value as it appears in a run name: as it is when short and plain (512, 3e-4, rope);
+    else a readable stem and a short hash of the whole value, so that a name holds no path, glob
+    or bracket character (data.paths=[/data/*.jsonl] -> paths=jsonl~3f2a1c)."""
+    if _PLAIN_VALUE.match(value):
+        return value
+    first = Path(value.strip("[]{}()'\" ").split(",")[0].strip("'\" ")).name  # a file name, a word
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", first).strip("_.")
+    base, dot, _ = stem.rpartition(".")
+    stem = (base.strip("_.") if dot and base.strip("_.") else stem.replace(".", "_")) or "value"
+    return f"{stem[:16]}~{_short_hash(value, 6)}"
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
@@ -142,16 +181,102 @@ def hydra_app(task: Callable[[RunConfig], Any]) -> None:
     register_configs()
     if "--plan" in sys.argv:  # the dry run of a sweep
         sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
+    with user_errors():  # before Hydra: its own report of these is a screenful
+        check_overrides(command_line_overrides(sys.argv[1:]))
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def app(node: Any) -> Any:
         import logging
 
         logging.getLogger("ablate").setLevel(logging.INFO)
-        with user_errors():
-            return task(run_config(node))
+        try:
+            with user_errors():
+                return task(run_config(node))
+        except SystemExit:  # a job that stopped before writing leaves no directory behind
+            remove_if_empty(_job_dir())
+            remove_if_empty(Path(os.path.abspath(Path(str(node.get("results_dir"))) / str(node.get("experiment")))))
+            raise
 
     app()
+
+
+# the options of Hydra's own command line that take a value (everything else is an override or a flag)
+_VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+           "--experimental-rerun", "--shell-completion"}
+
+
+def command_line_overrides(argv: list[str]) -> list[str]:
+    """The overrides of a Hydra app's command line (its flags and their values left out)."""
+    found, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUED or (arg in ("--info", "-i") and i + 1 < len(argv) and "=" not in argv[i + 1])
+        else:
+            found.append(arg)
+    return found
+
+
+def check_overrides(overrides: list[str], config_dir: Path | None = None) -> None:
+    """ConfigError (one line) for an override Hydra cannot parse, or an option of a config group
+    (model/position=..., +experiment=..., hydra/launcher=...) that does not exist, naming the
+    options there are."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for item in overrides:
+        try:
+            parsed += parser.parse_overrides([item])
+        except OverrideParseException as err:
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError("argument", item, f"cannot be parsed ({first}); quote values with spaces or "
+                              "brackets, e.g. 'data.paths=[a.txt,b.txt]'") from None
+    if GlobalHydra.instance().is_initialized():
+        _check_groups(parsed, GlobalHydra.instance().config_loader())
+        return
+    with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base=None):
+        _check_groups(parsed, GlobalHydra.instance().config_loader())
+
+
+def _check_groups(parsed: list[Any], loader: Any) -> None:
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    for o in parsed:
+        group = o.key_or_group
+        if o.is_delete() or o.package is not None or not loader.repository.group_exists(group):
+            continue
+        value = o.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        options = loader.get_group_options(group)
+        for v in values:
+            if isinstance(v, str) and v not in options:
+                raise ConfigError(group, v, "no such option", valid=options)
+
+
+def _job_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(os.path.abspath(HydraConfig.get().runtime.output_dir))  # run_name=../x made ../x
+    except Exception:  # no Hydra job running
+        return None
+
+
+def remove_if_empty(directory: Path | None) -> None:
+    """Remove `directory` and then its parents while they are empty (what Hydra made for a job),
+    stopping at the working directory."""
+    stop = Path.cwd().resolve()
+    while directory is not None and directory.resolve() != stop and directory.is_dir():
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: someone's files
+            return
+        directory = directory.parent
 
 
 def compose_root(overrides: list[str] | None = None, config_dir: str | None = None) -> dict[str, Any]:
@@ -159,22 +284,14 @@ def compose_root(overrides: list[str] | None = None, config_dir: str | None = No
     dict (the `hydra` node and run_name, which need a running app, left out). An unknown group
     option raises ConfigError listing the options there are."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf
 
     register_configs()
     conf = Path(config_dir) if config_dir else CONF_DIR
     overrides = list(overrides or [])
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base=None):
-            composed = compose(config_name="config", overrides=overrides)
-    except MissingConfigException:
-        for item in overrides:
-            group, _, option = item.lstrip("+~").partition("=")
-            options = sorted(p.stem for p in (conf / group).glob("*.yaml")) if (conf / group).is_dir() else []
-            if options and option not in options:
-                raise ConfigError(group, option, "no such option", valid=options) from None
-        raise
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        check_overrides(overrides)
+        composed = compose(config_name="config", overrides=overrides)
     composed = OmegaConf.to_container(composed, resolve=False)
     composed.pop("run_name", None)
     return OmegaConf.to_container(OmegaConf.create(composed), resolve=True)

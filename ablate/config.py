@@ -221,6 +221,10 @@ class DataConfig:
     vocab_size: int = 4096  # bpe: target vocabulary; the model's vocab_size is set from the tokenizer
     tokenizer_documents: int = 200_000  # bpe: trained on at most this many documents
     val_tokens: int = 65_536  # held out from the end of the token stream
+    # which held-out split a run is scored on: `validation` (the last val_tokens of the stream: what
+    # is reported) or `tuning` (the val_tokens before them, which the run then does not train on:
+    # what +tune=lr chooses an LR on, so the reported split never chooses anything)
+    holdout: str = "validation"
     # batch order: every variant of an experiment sees the same tokens in the same order; a replicate
     # seed like `seed`: a sweep over it measures data-order noise
     seed: int = field(default=0, metadata={"replicate": True})
@@ -331,7 +335,10 @@ class TuneConfig:
 
     lr_multipliers: list[float] = field(default_factory=list)  # empty: no tuning
     tokens: int | None = None  # each tuning run's budget; null: the experiment's train.tokens
-    seed: int = 0  # the init seed of the tuning runs (the data order is each arm's first job's)
+    # the tuning runs' init seed and data order: never a reported replicate's (checked at plan time),
+    # so that the run that picked an LR is never the run reported at it
+    seed: int = 1000
+    data_seed: int = 1000
 
 
 @dataclass
@@ -344,6 +351,13 @@ class LadderConfig:
     aspect: int = 64  # width per layer: model.n_layers = round(size / aspect), at least min_layers
     min_layers: int = 2
     head_dim: int = 64  # model.attention.n_heads = size / head_dim (at least 1)
+
+
+def _stays_inside(path: str) -> bool:
+    """A non-empty relative path none of whose parts climbs out (no '..', not absolute)."""
+    parts = path.replace("\\", "/").split("/")
+    return bool(path.strip()) and "\0" not in path and not path.startswith(("/", "~")) and \
+        all(p not in ("..", ".") for p in parts) and any(parts)
 
 
 @dataclass
@@ -380,7 +394,18 @@ class RunConfig:
     def seq_len(self) -> int:
         return self.train.seq_len or self.model.max_seq_len
 
+    def check_paths(self) -> None:
+        """The run directory, results_dir/experiment/run_name, stays inside results_dir/experiment:
+        run_name and experiment are names, or relative paths that do not climb out (the LR tuning's
+        runs are named tune/<run>)."""
+        for field_name, value, inside in (("experiment", self.experiment, f"{self.results_dir}/"),
+                                          ("run_name", self.run_name, f"{self.results_dir}/{self.experiment}/")):
+            if not _stays_inside(str(value)):
+                raise ConfigError(field_name, str(value), f"must be a name (or a relative path without '..') inside "
+                                  f"{inside}: the run lives in {self.results_dir}/<experiment>/<run_name>")
+
     def validate(self) -> RunConfig:
+        self.check_paths()
         self.model.validate("model")
         t, o = self.train, self.optim
         for name in ("tokens", "batch_tokens", "micro_batch", "log_every", "checkpoint_every", "keep_checkpoints"):

@@ -17,6 +17,7 @@ autocast, replicated on every process; its forward FLOPs count in the run's cost
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,24 @@ from ablate.registry import ConfigError
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
                       top_k: int | None = None) -> torch.Tensor:
-    """T^2 x KL(teacher_T || student_T), the mean over positions; logits (..., vocab), fp32 inside."""
-    t = teacher.float() / temperature
-    log_student = F.log_softmax(student.float() / temperature, dim=-1)
-    if top_k is not None and top_k < t.shape[-1]:
-        t, ids = t.topk(top_k, dim=-1)
-        log_student = log_student.gather(-1, ids)
-    log_teacher = F.log_softmax(t, dim=-1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    """T^2 x KL(teacher_T || student_T), the mean over positions; logits (..., vocab), fp32 inside.
+
+    With `top_k`, both distributions are compared on the same k + 1 outcomes: the teacher's k most
+    likely tokens, each with its own probability, and one "rest" bucket holding the mass of all the
+    others, on both sides. The student is then asked for the teacher's top-k probabilities and the
+    total it leaves to the rest, never to pile the rest's mass onto the top k (which renormalising
+    the teacher alone would ask: a sharper target than the teacher's)."""
+    log_t = F.log_softmax(teacher.float() / temperature, dim=-1)  # (..., vocab)
+    log_s = F.log_softmax(student.float() / temperature, dim=-1)
+    if top_k is not None and top_k < log_t.shape[-1]:
+        ids = log_t.topk(top_k, dim=-1).indices  # (..., k)
+        rest = torch.ones_like(log_t, dtype=torch.bool).scatter(-1, ids, False)
+        t_rest = log_t.masked_fill(~rest, -math.inf).logsumexp(-1, keepdim=True)  # (..., 1)
+        s_rest = log_s.masked_fill(~rest, -math.inf).logsumexp(-1, keepdim=True)
+        log_t = torch.cat([log_t.gather(-1, ids), t_rest], dim=-1)  # (..., k + 1)
+        log_s = torch.cat([log_s.gather(-1, ids), s_rest], dim=-1)
+    p = log_t.exp()
+    kl = torch.where(p > 0, p * (log_t - log_s), torch.zeros_like(p)).sum(-1)  # 0 log 0 = 0
     return kl.mean() * temperature**2
 
 

@@ -62,6 +62,12 @@ def evaluate_run(run_dir: str | Path, eval_cfg: EvalConfig | None = None, checkp
     checkpoint, its step and tokens, and the run's config hash. `only_missing` skips the suites
     that already have a current evaluation."""
     run = RunDir(run_dir)
+    with run.lock():  # results are written into the run: one process at a time
+        return _evaluate_held(run, eval_cfg, checkpoint, only_missing)
+
+
+def _evaluate_held(run: RunDir, eval_cfg: EvalConfig | None, checkpoint: str | Path | None,
+                   only_missing: bool) -> dict[str, Path]:
     if only_missing and checkpoint is None and eval_cfg is not None and run.status() == "completed":
         eval_cfg = dataclasses.replace(eval_cfg, suites={n: s for n, s in eval_cfg.suites.items()
                                                          if run.current_eval(n) is None})

@@ -27,11 +27,12 @@ def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str |
     transformers class computes this variant (the message says, family by family, what differs)."""
     from ablate.hf import to_hf
 
-    loaded = load_run(run, checkpoint)
-    hf_model = to_hf(loaded.model)
-    out = Path(out) if out else RunDir(run).hf_dir
-    hf_model.save_pretrained(out)
-    hf_tokenizer(loaded.tokenizer).save_pretrained(out)
+    with RunDir(run).lock():  # no run may be training or evaluating into it meanwhile
+        loaded = load_run(run, checkpoint)
+        hf_model = to_hf(loaded.model)
+        out = Path(out) if out else RunDir(run).hf_dir
+        hf_model.save_pretrained(out)
+        hf_tokenizer(loaded.tokenizer).save_pretrained(out)
     return out
 
 

@@ -95,7 +95,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     items: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for run in runs:
         cfg = configs[run.name]
-        summary = run.summary() or {"status": "never started"}
+        summary = run.summary() or {"status": "never started" if run.status() == "new" else run.status()}
         base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
                 "data_seed": cfg.get("data.seed", 0), **who(cfg)}
         for key in ("val_loss", "val_ppl", "val_bpb", "train_loss", "tokens_seen", *COST, *STABILITY):

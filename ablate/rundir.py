@@ -9,6 +9,8 @@
         eval/<suite>.json    an evaluation of the final checkpoint of the completed run
         eval/step_NNNNNNNN/<suite>.json   an evaluation of any other checkpoint (named explicitly)
         hf/                  ablate-export's transformers model
+        .lock                who holds the run (host, pid, since): one process at a time trains,
+                             evaluates or exports into a run directory (RunDir.lock)
 
 Every evaluation records which checkpoint it measured (its provenance); `eval_problem` says whether
 an evaluation still describes the run, so that a table never mixes a half-trained model's scores
@@ -17,16 +19,25 @@ with a finished run's loss.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
-import tempfile
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ablate import checkpoint as ckpt
 from ablate.config import OPERATIONAL
+from ablate.files import WriteError, write_text
 
 
 class RunError(ValueError):
@@ -37,23 +48,9 @@ class RunDirError(RuntimeError):
     """The run directory holds something this run must not touch."""
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically: a temporary file in the same directory, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it (mkstemp's is private to the owner)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+log = logging.getLogger("ablate.rundir")
+UNREADABLE = "unreadable summary"  # the status of a run whose summary.json exists but cannot be read
+_HELD: dict[Path, list] = {}  # run directory -> [open lock file, depth]: a process re-enters its own lock
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -66,6 +63,18 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _holder_text(handle, default: str = "another process") -> str:
+    """Who the lock file says holds the run: 'pid 123 on node7 since ... (ablate-train ...)'."""
+    handle.seek(0)
+    try:
+        h = json.loads(handle.read() or "null")
+    except ValueError:
+        return default
+    if not isinstance(h, dict):
+        return default
+    return f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')} ({h.get('command', '')})"
 
 
 def _plain(obj: Any) -> Any:
@@ -147,6 +156,97 @@ class RunDir:
     def hf_dir(self) -> Path:
         return self.path / "hf"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    # ---- one process at a time -------------------------------------------------------------------
+    @contextmanager
+    def lock(self, wait_s: float = 0.0, create: bool = False) -> Iterator[None]:
+        """Hold the run directory for this process: an exclusive flock on `.lock`, which records
+        the holder (host, pid, since, command). Another process that holds it: RunDirError naming
+        it, after waiting up to `wait_s` seconds for it to let go (nothing written meanwhile). The
+        kernel releases the lock of a process that dies however it dies (and NFS that of a dead
+        node when its lease ends); the next holder logs the takeover and removes the temporary
+        files the dead one left. Re-entrant within a process. A directory that does not exist is
+        made with `create` (a new run), else left alone: there is nothing to hold."""
+        if not create and not self.path.is_dir():
+            yield
+            return
+        key = self.path.resolve()
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD[key][1] -= 1
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_file, "a+")
+        try:
+            self._acquire(handle, wait_s)
+        except BaseException:
+            handle.close()
+            raise
+        _HELD[key] = [handle, 1]
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            handle.seek(0)
+            handle.truncate()  # an empty file: released cleanly
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    def _acquire(self, handle, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    log.warning("%s: this file system does not support locks (%s); nothing stops a second process "
+                                "from using the run", self.lock_file, err.strerror)
+                    return
+                holder = _holder_text(handle, default="")
+                for _ in range(20):  # the holder has just taken it and is writing who it is
+                    if holder:
+                        break
+                    time.sleep(0.05)
+                    holder = _holder_text(handle, default="")
+                holder = holder or "another process"
+                if time.monotonic() >= deadline:
+                    raise RunDirError(f"{self.path} is in use by {holder}; this process stopped and wrote nothing "
+                                      "there (wait for it to end, or stop it)") from None
+                if not said:
+                    log.warning("%s is in use by %s; waiting up to %.0f s for it to let go", self.path, holder, wait_s)
+                    said = True
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        before = _holder_text(handle, default="")
+        if before:
+            log.warning("%s: took over the lock of %s, which no longer holds it (killed, or its node is gone)",
+                        self.path, before)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300]}))
+        handle.flush()
+        self.remove_temporary_files()
+
+    def remove_temporary_files(self) -> list[Path]:
+        """What a killed process left half-written: temporary checkpoints (files and sharded
+        directories) and the temporary files of atomic writes. Only called with the lock held."""
+        found = [*self.checkpoint_dir.glob(".step_*.tmp"), *self.path.glob(".*.tmp"), *self.eval_dir.glob("**/.*.tmp")]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if found:
+            log.warning("%s: removed %d temporary file(s) a killed process left: %s", self.path, len(found),
+                        ", ".join(str(p.relative_to(self.path)) for p in found))
+        return found
+
     def is_run(self) -> bool:
         """A run has been set up here (its config is written before its first step)."""
         return self.config_file.exists()
@@ -169,32 +269,69 @@ class RunDir:
 
     # ---- status --------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:
-        return read_json(self.summary_file)
+        """The summary, or None when there is none or it cannot be read (see status)."""
+        found = read_json(self.summary_file)
+        return found if isinstance(found, dict) else None
 
     def status(self) -> str:
-        """`new` when nothing has run here; else the summary's status."""
+        """`new` when nothing has run here, `unreadable summary` when summary.json exists but is not
+        a summary (a disk fault, a copy cut short); else the summary's status."""
         summary = self.summary()
-        return "new" if summary is None else str(summary.get("status", "unknown"))
+        if summary is None:
+            return UNREADABLE if self.summary_file.exists() else "new"
+        return str(summary.get("status", "unknown"))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.summary_file, summary)
+        """Atomically; when the disk is too full for a new file, in place over the old one (a
+        summary's few hundred bytes fit in the blocks it already has), so that a run's status is
+        not left at `running` by a failed write."""
+        text = json.dumps(summary, indent=1, default=_plain) + "\n"
+        try:
+            write_text(self.summary_file, text)
+        except WriteError:
+            if not self.summary_file.exists():
+                raise
+            with open(self.summary_file, "r+") as handle:
+                handle.write(text)
+                handle.truncate()
 
     # ---- metrics -------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_file, "a") as out:
-            out.write(json.dumps(record) + "\n")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_file, "a") as out:
+                out.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise WriteError(self.metrics_file, err) from err
 
     def metrics(self) -> list[dict[str, Any]]:
+        """The logged records; lines that cannot be read (half a line from a full disk) are left
+        out with a warning naming them."""
+        return [record for _, record in self._metric_lines()]
+
+    def _metric_lines(self) -> list[tuple[str, dict[str, Any]]]:
         if not self.metrics_file.exists():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+        found, bad = [], []
+        for n, line in enumerate(self.metrics_file.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and "step" in record:
+                found.append((line, record))
+            elif line.strip():
+                bad.append(n)
+        if bad:
+            log.warning("%s: left out %d line(s) that cannot be read: line %s", self.metrics_file, len(bad),
+                        ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else ""))
+        return found
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop the lines logged after `step`: a resumed run logs them again."""
+        """Drop the lines logged after `step` (a resumed run logs them again) and any line that
+        cannot be read (named in a warning)."""
         if self.metrics_file.exists():
-            kept = [line for line in self.metrics_file.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= step]
+            kept = [line for line, record in self._metric_lines() if record["step"] <= step]
             write_text(self.metrics_file, "".join(line + "\n" for line in kept))
 
     def archive_metrics(self, attempt: int) -> Path | None:
@@ -212,12 +349,23 @@ class RunDir:
         return ckpt.checkpoints(self.checkpoint_dir)
 
     def checkpoint_of(self, name: str | Path) -> Path:
-        """A checkpoint named by path, by file name (step_00000160.pt) or by step (160)."""
+        """A checkpoint named by step (160), by file name (step_00000160.pt), by a relative path
+        that stays inside the run (results/x/run/checkpoints/step_00000160.pt), or by an absolute
+        path, which may be anywhere (a checkpoint copied elsewhere, measured as this run's).
+        RunError for a relative path that leads out of the run."""
         name = str(name)
         if name.isdigit():
             return self.step_checkpoint(int(name))
         path = Path(name)
-        return path if path.exists() or path.parent != Path(".") else self.checkpoint_dir / name
+        if path.is_absolute():
+            return path
+        if path.parent == Path("."):
+            return self.checkpoint_dir / name
+        inside = self.path.resolve()
+        if inside not in path.resolve().parents:
+            raise RunError(f"checkpoint={name} leads out of {self.path}; name one of its checkpoints (a step, or a "
+                           "file name in checkpoints/), or give an absolute path to measure a file from elsewhere")
+        return path
 
     def final_checkpoint(self) -> Path | None:
         """The checkpoint a completed run ended with; None for any other run."""

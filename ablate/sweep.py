@@ -98,6 +98,8 @@ class PlanningSweeper(Sweeper):
         grid = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
         jobs = [self._job(job) for job in grid]  # raises on the first bad combination
         check_eval_tasks(jobs)
+        if jobs[0].config.tune.lr_multipliers:  # before anything is written
+            tune.check_disjoint([j.config for j in jobs], jobs[0].config.tune)
         sweep = ExperimentDir(self.config.hydra.sweep.dir)
         fair = fairness.check([j.overrides for j in jobs], [j.config for j in jobs])
         write_json(sweep.fairness_file, fair.to_dict())
@@ -181,6 +183,7 @@ class PlanningSweeper(Sweeper):
         base = jobs[0].config
         write_json(sweep.tune_file, {"base_lr": base.optim.lr, "multipliers": base.tune.lr_multipliers,
                                      "tokens": base.tune.tokens or base.train.tokens, "seed": base.tune.seed,
+                                     "data_seed": base.tune.data_seed, "holdout": "tuning",
                                      "arms": [c.to_dict() for c in chosen.values()]})
         print("chosen learning rates (lowest final validation loss):")
         print("\n".join(f"  {tune.describe(c)}" for c in chosen.values()))

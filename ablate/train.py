@@ -17,7 +17,8 @@ import signal
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,22 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import checkpoint, distill
-from ablate.cli import hydra_app
+from ablate.cli import hydra_app, remove_if_empty
 from ablate.config import OPERATIONAL, ModelConfig, RunConfig
 from ablate.data.batches import Batches, validation_batches
 from ablate.data.tokens import TokenData, prepare
 from ablate.devices import cpu_has_native_bf16, mfu, peak_tflops
 from ablate.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
 from ablate.distributed import Dist, setup_distributed
+from ablate.files import WriteError
 from ablate.model import Transformer, model_facts
 from ablate.optimizer import build_optimizer
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir, RunDirError, flatten
+from ablate.rundir import UNREADABLE, RunDir, RunDirError, flatten
 from ablate.stats import GRAD_SPIKE, LOSS_SPIKE, SPIKE_MIN_HISTORY, SPIKE_WINDOW
 from ablate.trackers import Trackers
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this
+REQUEUE_WAIT_S = 300.0  # how long a requeued Slurm job waits for its earlier process to let go of the run
 
 
 @dataclass
@@ -80,11 +83,66 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     dist = setup_distributed()
     set_threads(cfg, dist)
     run = RunDir(Path(cfg.results_dir) / cfg.experiment / cfg.run_name)
+    with holding(run, dist):
+        return train_held(cfg, dist, run)
+
+
+@contextmanager
+def holding(run: RunDir, dist: Dist) -> Iterator[None]:
+    """The run directory's lock for the whole run, taken by the main process (RunDir.lock); every
+    process stops when it cannot be had. A job that Slurm requeued waits up to REQUEUE_WAIT_S for
+    its earlier self, which may still be writing its checkpoint, to exit. A run that stops before
+    its first write (its config) leaves no directory behind."""
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    with ExitStack() as stack:
+        error = None
+        if dist.is_main:
+            fresh = not run.path.exists() or not any(run.path.iterdir())  # Hydra may have made it, empty
+            try:
+                stack.enter_context(run.lock(REQUEUE_WAIT_S if requeued else 0.0, create=True))
+            except RunDirError as err:
+                error = err
+            else:
+                stack.callback(_remove_if_unused, run, fresh)  # on the way out, before the lock is let go
+                stack.enter_context(log_file(run.path / "train.log"))
+        if dist.any(error is not None):
+            raise error or RunDirError(f"{run.path} is in use by another process (the main process says which)")
+        yield
+
+
+def _remove_if_unused(run: RunDir, fresh: bool) -> None:
+    """After a run that made its directory but stopped before writing its config: remove what it
+    made (its lock file and log), and the directory when nothing else is there."""
+    if fresh and not run.is_run():
+        for name in ("train.log", ".lock"):
+            (run.path / name).unlink(missing_ok=True)
+        remove_if_empty(run.path)
+
+
+@contextmanager
+def log_file(path: Path) -> Iterator[None]:
+    """ablate's log lines also go to `path` (appended: one file across resumes) while the run is held."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def train_held(cfg: RunConfig, dist: Dist, run: RunDir) -> dict[str, Any]:
+    """train(), with the run directory held by this run."""
     data = prepare(cfg.data)
     cfg.model.vocab_size = padded_vocab(data.vocab_size)
     check_run_dir(run, cfg)
     previous = run.summary()
     status = previous["status"] if previous else "new"
+    if run.status() == UNREADABLE:
+        log.warning("%s cannot be read; the run goes on from its checkpoints (how earlier attempts ended is lost)",
+                    run.summary_file)
     if status == "completed":
         log.info("%s already completed; skipping (delete the directory to train it again)", run.path)
         maybe_evaluate_at_end(run, cfg, dist)
@@ -201,7 +259,11 @@ class Runner:
             return self.finish()
         except BaseException as err:
             if not isinstance(err, SystemExit):
-                self.write_summary("failed", error=f"{type(err).__name__}: {err}")
+                try:
+                    self.write_summary("failed", error=str(err) if isinstance(err, WriteError)
+                                       else f"{type(err).__name__}: {err}")
+                except OSError as again:  # the disk is still full: the error itself is what matters
+                    log.error("could not record the failure in %s: %s", self.rundir.summary_file, again)
             raise
         finally:
             progress.close()
@@ -314,7 +376,7 @@ class Runner:
             s.note_step(loss, grad_norm)
             record.update(loss=loss, grad_norm=grad_norm, tokens_per_s=round(rate, 1), elapsed_s=round(s.elapsed_s, 3))
             if used is not None:
-                record["mfu"] = round(used, 4)
+                record["mfu"] = float(f"{used:.4g}")  # 4 significant digits, however small
         return records
 
     def maybe_evaluate(self, record: dict[str, Any]) -> None:

@@ -1,11 +1,13 @@
 """Every arm at its own learning rate: `ablate-train -m +experiment=NAME +tune=lr`.
 
     1. each arm (a sweep job without its replicate seeds) trains once per LR of the grid
-       base LR x tune.lr_multipliers, at tune.seed, for tune.tokens (null: the full budget),
-       into <experiment>/tune/;
-    2. each arm's LR is the one with the lowest final validation loss (a diverged run counts as
-       infinitely bad); an optimum at either end of the grid is flagged, since the true optimum may
-       lie beyond it;
+       base LR x tune.lr_multipliers, at init seed tune.seed and data order tune.data_seed (which
+       no reported run may use: check_disjoint), for tune.tokens (null: the full budget), scored
+       on the tuning split (data.holdout=tuning: held out before the validation split, and not
+       trained on), into <experiment>/tune/;
+    2. each arm's LR is the one with the lowest final loss on the tuning split (a diverged run
+       counts as infinitely bad); an optimum at either end of the grid is flagged, since the true
+       optimum may lie beyond it;
     3. the experiment's jobs run at their arm's LR (the run names say `lr=`).
 
 <experiment>/tune.json keeps the grid, every tuning run's loss and status, each arm's choice, and
@@ -30,12 +32,29 @@ def lr_grid(base_lr: float, tune: TuneConfig) -> list[float]:
 
 
 def tuning_overrides(overrides: Sequence[str], tune: TuneConfig, lr: float) -> list[str]:
-    """A job's overrides turned into its arm's tuning run at `lr`: the init seed replaced by
-    tune.seed, the budget by tune.tokens, no evaluation at the end."""
-    replaced = {"seed", "train.eval_at_end", "optim.lr", *(["train.tokens"] if tune.tokens else [])}
+    """A job's overrides turned into its arm's tuning run at `lr`: the init seed and data order
+    replaced by the tuning's own, scored on the tuning split, the budget tune.tokens, no evaluation
+    at the end."""
+    replaced = {"seed", "data.seed", "data.holdout", "train.eval_at_end", "optim.lr",
+                *(["train.tokens"] if tune.tokens else [])}
     keep = [o for o in overrides if override_key(o)[0] not in replaced]
     budget = [f"train.tokens={tune.tokens}"] if tune.tokens else []
-    return [*keep, f"seed={tune.seed}", *budget, "train.eval_at_end=false", f"optim.lr={lr:.6g}"]
+    return [*keep, f"seed={tune.seed}", f"data.seed={tune.data_seed}", "data.holdout=tuning", *budget,
+            "train.eval_at_end=false", f"optim.lr={lr:.6g}"]
+
+
+def check_disjoint(reported: Sequence[Any], tune: TuneConfig) -> None:
+    """ConfigError if a reported run would share the tuning runs' init seed or data order: the
+    run that chose an LR must never be the one reported at it (its loss is the minimum of a search,
+    biased low)."""
+    from ablate.registry import ConfigError
+
+    for cfg in reported:
+        if cfg.seed == tune.seed or cfg.data.seed == tune.data_seed:
+            raise ConfigError("tune.seed" if cfg.seed == tune.seed else "tune.data_seed",
+                              tune.seed if cfg.seed == tune.seed else tune.data_seed,
+                              f"is also a reported run's ({cfg.run_name}: seed {cfg.seed}, data.seed {cfg.data.seed}); "
+                              "the tuning runs need an init seed and a data order of their own")
 
 
 @dataclass

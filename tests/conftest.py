@@ -44,6 +44,19 @@ def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
             "train.precision=fp32", *extra]
 
 
+def train_in_process(cache: Path, results: Path, name: str, *extra: str) -> Path:
+    """Train the tiny run `name` (tiny_overrides + extra) in this process, as ablate-train would;
+    returns its run directory. For tests where the command line is not what is under test."""
+    from ablate.cli import check_run, compose_root
+    from ablate.config import RunConfig
+    from ablate.train import train
+
+    cfg = check_run(RunConfig.from_dict(compose_root(tiny_overrides(cache, results, *extra))))
+    cfg.run_name = name
+    train(cfg)
+    return Path(cfg.results_dir) / cfg.experiment / name
+
+
 def run_cli(module: str, *args: str, check: bool = True, env: dict | None = None,
             **kwargs) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repository root, as a user would."""

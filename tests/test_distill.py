@@ -46,13 +46,26 @@ def test_the_loss_is_the_kl_of_the_teacher_and_the_student_at_the_temperature():
         reference = sum(float(p[b, i, v] * math.log(p[b, i, v] / q[b, i, v]))
                         for b in range(2) for i in range(3) for v in range(11)) / 6 * temperature**2
         assert float(distillation_loss(s, t, temperature)) == pytest.approx(reference, rel=1e-5)
-    # top-k: the teacher's k best tokens renormalised, the student's log-probabilities (over all) there
-    k = 4
+    # top-k: both sides on the same k + 1 outcomes, the teacher's k best tokens and one bucket for the rest
+    k, temperature = 4, 2.0
+    p, q = F.softmax(t / temperature, -1), F.softmax(s / temperature, -1)
+    total = 0.0
+    for b in range(2):
+        for i in range(3):
+            best = sorted(range(11), key=lambda v: -float(p[b, i, v]))[:k]
+            p_rest = 1 - sum(float(p[b, i, v]) for v in best)
+            q_rest = 1 - sum(float(q[b, i, v]) for v in best)
+            total += sum(float(p[b, i, v]) * math.log(float(p[b, i, v]) / float(q[b, i, v])) for v in best)
+            total += p_rest * math.log(p_rest / q_rest)
+    reference = total / 6 * temperature**2
+    assert float(distillation_loss(s, t, temperature, top_k=k)) == pytest.approx(reference, rel=1e-4)
+    # a student that matches the teacher's top k and its rest mass, however it spreads the rest, loses nothing
     ids = t.topk(k, -1).indices
-    pk = F.softmax(t.gather(-1, ids), -1)
-    log_q = F.log_softmax(s, -1).gather(-1, ids)
-    reference = float((pk * (pk.log() - log_q)).sum(-1).mean())
-    assert float(distillation_loss(s, t, 1.0, top_k=k)) == pytest.approx(reference, rel=1e-5)
+    shuffled = t.clone()
+    rest = torch.ones_like(t, dtype=torch.bool).scatter(-1, ids, False)
+    shuffled[rest] = t[rest].reshape(2, 3, 11 - k).flip(-1).reshape(-1)
+    assert float(distillation_loss(shuffled, t, 1.0, top_k=k)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(shuffled, t, 1.0)) > 1e-3  # the full KL does see the difference
     assert float(distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)  # a student equal to its teacher
     ce = torch.tensor(2.0)
     assert objective(ce, None, 0.0) is ce and float(objective(ce, torch.tensor(4.0), 0.25)) == 2.5

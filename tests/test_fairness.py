@@ -6,8 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from ablate import fairness, optimizer, tune
 from ablate.config import ModelConfig, RunConfig, TuneConfig
@@ -92,6 +94,27 @@ def test_choose_takes_the_lowest_loss_counts_divergence_and_flags_edges():
     assert tune.lr_grid(3e-3, TuneConfig(lr_multipliers=[0.25, 1, 4])) == [0.00075, 0.003, 0.012]
 
 
+def test_a_reported_replicate_cannot_be_a_tuning_run(cache_dir, tmp_path):
+    sweep = ["-m", "model/attention=mha,mqa", "model.match_mha_params=true", "seed=0,1", "+tune=lr",
+             "tune.seed=1", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"), "--plan"]
+    out = run_cli("ablate.train", *sweep, check=False)
+    assert out.returncode == 2 and "tune.seed=1: is also a reported run's" in out.stderr
+    assert not (tmp_path / "default").exists()
+
+
+def test_the_tuning_split_is_held_out_apart_from_the_validation_split(tmp_path):
+    from ablate.config import DataConfig
+    from ablate.data.tokens import prepare
+
+    common = {"synthetic_words": 20000, "vocab_size": 512, "val_tokens": 1024, "cache_dir": str(tmp_path)}
+    reported, tuning = prepare(DataConfig(**common)), prepare(DataConfig(**common, holdout="tuning"))
+    n = len(reported.train) + len(reported.val)
+    assert len(tuning.val) == len(reported.val) == 1024 and len(tuning.train) == n - 2048
+    # the tuning split is the 1,024 tokens before the validation split, and the tuning runs never train on it
+    assert np.array_equal(np.asarray(tuning.val), np.asarray(reported.train[-1024:]))
+    assert np.array_equal(np.asarray(tuning.train), np.asarray(reported.train[:-1024]))
+
+
 def test_tune_lr_end_to_end(cache_dir, tmp_path):
     """Two arms, a 3-point grid, 2 seeds: the plan lists both stages, the tuning runs pick each
     arm's LR by final validation loss, the seeds run at it, and the report shows the choice, the
@@ -116,7 +139,7 @@ def test_tune_lr_end_to_end(cache_dir, tmp_path):
             run = root / "tune" / name
             summary = json.loads((run / "summary.json").read_text())
             config = (run / "config.yaml").read_text()
-            assert "seed: 0" in config and summary["status"] == "completed"
+            assert "seed: 1000" in config and "holdout: tuning" in config and summary["status"] == "completed"
             losses[float(name.split("-lr=")[1].split("-")[0])] = summary["val_loss"]
         assert sorted(losses) == [0.0015, 0.003, 0.006] and arm["lr"] == min(losses, key=losses.get)
         assert arm["val_loss"] == [losses[lr] for lr in sorted(losses)]
@@ -125,6 +148,15 @@ def test_tune_lr_end_to_end(cache_dir, tmp_path):
         for p in mains:
             summary = json.loads((p / "summary.json").read_text())
             assert summary["status"] == "completed" and {"loss_spikes", "grad_spikes", "max_attn_logit"} <= set(summary)
+    # no reported run is a tuning run: other init seeds, other data orders, another held-out split
+    tuned = [yaml.safe_load((root / "tune" / n / "config.yaml").read_text()) for a in chosen["arms"] for n in a["runs"]]
+    reported = [yaml.safe_load((p / "config.yaml").read_text()) for p in root.iterdir()
+                if (p / "summary.json").exists()]
+    assert len(reported) == 4 and len(tuned) == 6
+    assert {c["seed"] for c in tuned}.isdisjoint(c["seed"] for c in reported)
+    assert {c["data"]["seed"] for c in tuned}.isdisjoint(c["data"]["seed"] for c in reported)
+    assert {c["data"]["holdout"] for c in tuned} == {"tuning"} and {c["data"]["holdout"] for c in reported} == {
+        "validation"}
     report = run_cli("ablate.report", f"path={root}")
     table = (root / "report" / "table.md").read_text()
     assert "## Learning rate, per arm" in table and "chosen LR" in table and "## Stability" in table

@@ -102,9 +102,10 @@ def test_readme_quotes_the_committed_tokenizer_study():
     study = pd.read_csv(ROOT / "results" / "tokenizers" / "manpages" / "fertility.csv")
     for _, row in table.iterrows():
         part = study[study.vocab_size == int(row["vocabulary"].replace(",", ""))]
-        broken = part[part.breaks_rule].language.tolist()
-        said = row["breaking the rule"]
-        expected = f"all {len(part)}" if len(broken) == len(part) else f"{', '.join(broken)} ({len(broken)})"
-        assert said == expected
+        for column, decision in (("breaking the rule", "yes"), ("undecided", "undecided")):
+            found = part[part.breaks_rule == decision].language.tolist()
+            expected = (f"all {len(part)}" if len(found) == len(part) else
+                        f"{', '.join(found)} ({len(found)})" if found else "none")
+            assert row[column] == expected, (column, row[column], expected)
         low, high = part.loc[part.ratio.idxmin()], part.loc[part.ratio.idxmax()]
         assert row["ratio range"] == f"{low.ratio:.3f} ({low.language}) - {high.ratio:.3f} ({high.language})"

@@ -169,3 +169,27 @@ def test_multinode_template_trains_one_run_over_srun_tasks(cache_dir, tmp_path):
     assert summary["world_size"] == 2 and summary["tokens_seen"] == 8192
     state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True).stdout
     assert "COMPLETED" in state or not state.strip()  # sacct may have no accounting storage
+
+
+def test_two_jobs_on_one_run_dir_train_it_once(cache_dir, tmp_path):
+    """The same run submitted twice at once (a sweep launched twice, a requeue racing its earlier
+    job): one job holds the run directory and trains it, the other stops at once with one line
+    naming the holder's host and pid, and every step is logged once."""
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=twice", "train.tokens=204800", "train.threads=1",
+                          "train.checkpoint_every=50", "train.eval_every=0", "train.log_every=10")
+    jobs = [subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G",
+                            f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "train.sbatch"), *args],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)]
+    deadline = time.time() + 600
+    while any(j in _queued() for j in jobs):
+        assert time.time() < deadline
+        time.sleep(1)
+    logs = [(tmp_path / f"slurm-{j}.out").read_text() for j in jobs]
+    refused = [log for log in logs if "is in use by pid" in log]
+    assert len(refused) == 1, [log[-2000:] for log in logs]
+    line = next(x for x in refused[0].splitlines() if "is in use by pid" in x)
+    assert line.startswith("error: ") and "wrote nothing" in line
+    run = tmp_path / "default" / "twice"
+    assert _summary(run)["status"] == "completed" and "attempts" not in _summary(run)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 200

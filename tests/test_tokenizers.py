@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ablate.data.tokens import Tokenizer
-from ablate.tokenizer_study import builtin_sample, mix, split
+from ablate.tokenizer_study import builtin_sample, mix, rule_decision, split
 
 from conftest import ROOT, run_cli, tiny_overrides
 
@@ -26,7 +26,9 @@ def test_the_study_on_the_builtin_sample(tmp_path):
     assert sorted(table.language.unique()) == sorted(["latin", "accented", "cyrillic", "greek", "kana"])
     assert set(table[table.language == "kana"].unit) == {"character"} and set(table[table.language != "kana"].unit) == {
         "word"}
-    assert (table.breaks_rule == (table.ratio > 1.10)).all()
+    decided = [rule_decision(lo, hi, 1.10) for lo, hi in zip(table.ratio_low, table.ratio_high)]
+    assert list(table.breaks_rule) == decided and set(decided) <= {"yes", "no", "undecided"}
+    assert (table.monolingual == "trained").all()
     assert (table.ratio_low <= table.ratio).all() and (table.ratio <= table.ratio_high).all()
     # a larger vocabulary: fewer tokens per word for every language and tokenizer
     small, large = (table[table.vocab_size == v].set_index("language") for v in (512, 4096))
@@ -45,10 +47,25 @@ def test_the_study_on_the_builtin_sample(tmp_path):
 
     md = (where / "fertility.md").read_text()
     for size, part in table.groupby("vocab_size"):
-        broken = part[part.breaks_rule].language.tolist()
+        broken = part[part.breaks_rule == "yes"].language.tolist()
         section = md.split(f"## Vocabulary {size:,}")[1].split("## ")[0]
         assert all(f"{lang} (" in section.split("\n\n")[1] for lang in broken)
-        assert f"vocabulary {size:,}: breaking the 1.10 rule: {', '.join(broken) or 'none'}" in out.stdout
+        assert f"vocabulary {size:,}: breaking the 1.10 rule: {', '.join(broken) or 'none'};" in out.stdout
+
+
+def test_the_rule_is_decided_on_the_interval_and_a_pretrained_baseline_can_be_given(tmp_path):
+    assert rule_decision(1.12, 1.30, 1.10) == "yes" and rule_decision(0.95, 1.10, 1.10) == "no"
+    assert rule_decision(1.05, 1.15, 1.10) == "undecided"  # a point estimate of 1.12 would have said yes
+    run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.2", "vocab_sizes=[512]", "name=a")
+    baseline = tmp_path / "tokenizers" / "a" / "tokenizers" / "multilingual-512.json"
+    run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.2", "vocab_sizes=[512]", "name=b",
+            f"baselines={{greek: {baseline}}}")
+    table = pd.read_csv(tmp_path / "tokenizers" / "b" / "fertility.csv").set_index("language")
+    # greek measured with the given tokenizer (here the multilingual one itself: a ratio of exactly 1)
+    assert table.loc["greek", "monolingual"] == str(baseline) and table.loc["greek", "ratio"] == 1.0
+    assert table.loc["greek", "breaks_rule"] == "no" and table.loc["latin", "monolingual"] == "trained"
+    assert not (tmp_path / "tokenizers" / "b" / "tokenizers" / "greek-512.json").exists()
+    assert "Pretrained monolingual baselines: greek" in (tmp_path / "tokenizers" / "b" / "fertility.md").read_text()
 
 
 def test_the_mix_follows_the_exponent():

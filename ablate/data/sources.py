@@ -29,6 +29,8 @@ SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data source")
 def check_data(cfg: DataConfig, prefix: str = "data") -> DataConfig:
     """The data config's named choices against their registry (its numbers: RunConfig.validate)."""
     SOURCES.get(cfg.source, f"{prefix}.source")
+    if cfg.holdout not in ("validation", "tuning"):
+        raise ConfigError(f"{prefix}.holdout", cfg.holdout, "no such split", valid=["validation", "tuning"])
     return cfg
 
 
@@ -70,21 +72,37 @@ def file_source(cfg: DataConfig) -> Source:
     return Source(f"files-{digest.hexdigest()[:16]}", documents)
 
 
+def _utf8(data: bytes, path: Path, offset: int = 0) -> str:
+    """`data` (found at byte `offset` of `path`) as text; ConfigError naming the file and the byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("data.paths", str(path), f"is not UTF-8 text: byte {offset + err.start} is "
+                          f"0x{data[err.start]:02x} ({err.reason}); a binary file, or text in another encoding "
+                          "(convert it with iconv)") from None
+
+
 def _read_text(path: Path, field: str) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8")
+    text = _utf8(path.read_bytes(), path)
     for block in text.split("\n\n"):
         if block.strip():
             yield block
 
 
 def _read_jsonl(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as handle:
-        for n, line in enumerate(handle, 1):
+    offset = 0
+    with open(path, "rb") as handle:
+        for n, raw in enumerate(handle, 1):
+            line, offset = _utf8(raw, path, offset), offset + len(raw)
             if not line.strip():
                 continue
-            record = json.loads(line)
-            if field not in record:
-                raise ConfigError("data.text_field", field, f"not a field of {path}:{n}", valid=sorted(record))
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ConfigError("data.paths", f"{path}:{n}", f"is not a JSON record ({err})") from None
+            if not isinstance(record, dict) or field not in record:
+                raise ConfigError("data.text_field", field, f"not a field of {path}:{n}",
+                                  valid=sorted(record) if isinstance(record, dict) else None)
             yield record[field]
 
 

@@ -2,7 +2,12 @@
 
 A sweep starts all its jobs at once, so each cache entry is built under a file lock by one
 process, in a temporary directory renamed into place when complete; the others wait on the lock
-and then read it. A half-written entry is never visible under its final name.
+and then read it. A half-written entry is never visible under its final name, and the temporary
+directory of a builder that was killed is removed by the next one to hold the lock.
+
+A token file is checked against its meta.json before use: its size (tokens x dtype) and a checksum
+of 64 blocks spread over it. A damaged entry (truncated, overwritten, meta.json unreadable) is
+moved aside as `<entry>.damaged-<time>` with a warning and built again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,13 +46,23 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_dir(final: Path, build: Callable[[Path], None]) -> Path:
-    """`final` if it exists; else build it in a temporary sibling (one process at a time) and rename."""
-    if final.exists():
+def cached_dir(final: Path, build: Callable[[Path], None], damaged: Callable[[Path], str | None] | None = None) -> Path:
+    """`final` if it exists (and `damaged(final)` finds nothing wrong); else build it in a temporary
+    sibling (one process at a time) and rename. A damaged entry is moved aside and built again."""
+    if final.exists() and (damaged is None or damaged(final) is None):
         return final
     with _locked(final.with_name(final.name + ".lock")):
-        if final.exists():  # another process built it while we waited
-            return final
+        for stale in final.parent.glob(final.name + ".tmp-*"):  # a killed builder's (we hold the lock)
+            log.warning("removing %s, left by a build that was killed", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():
+            problem = damaged(final) if damaged is not None else None
+            if problem is None:  # another process built it while we waited
+                return final
+            aside = final.with_name(f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(final, aside)
+            log.warning("the cache entry %s is damaged (%s): moved aside as %s and built again", final, problem,
+                        aside.name)
         log.info("building %s (pid %d)", final, os.getpid())
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
         try:
@@ -157,13 +173,20 @@ def prepare(cfg: DataConfig) -> TokenData:
     tok_id = _digest(tokenizer.inner.to_str())
     key = _digest(f"{source.key}|{tok_id}")
     final = Path(cfg.cache_dir) / f"tokens-{key}"
-    cached_dir(final, lambda tmp: _write_tokens(source, tokenizer, tmp))
+    cached_dir(final, lambda tmp: _write_tokens(source, tokenizer, tmp), damaged=token_file_problem)
+    problem = token_file_problem(final)
+    if problem is not None:  # damaged again, after a fresh build: the disk, or someone writing into it
+        raise ConfigError("data.cache_dir", str(final), f"the token cache is damaged ({problem}) right after it was "
+                          "built; check the file system, then delete the directory")
     meta = json.loads((final / "meta.json").read_text())
     tokens = np.memmap(final / "tokens.bin", dtype=meta["dtype"], mode="r")
-    if len(tokens) < 2 * cfg.val_tokens:
-        raise ConfigError("data.val_tokens", cfg.val_tokens,
-                          f"the corpus has only {len(tokens)} tokens; hold out at most half of it")
+    held = 2 if cfg.holdout == "validation" else 3  # the tuning split sits before the validation split
+    if len(tokens) < held * cfg.val_tokens:
+        raise ConfigError("data.val_tokens", cfg.val_tokens, f"the corpus has only {len(tokens)} tokens; hold out "
+                          f"at most 1/{held} of it (data.holdout={cfg.holdout})")
     split = len(tokens) - cfg.val_tokens
+    if cfg.holdout == "tuning":  # scored on the val_tokens before the validation split, trained on what precedes
+        return TokenData(tokens[:split - cfg.val_tokens], tokens[split - cfg.val_tokens:split], tokenizer, final, key)
     return TokenData(tokens[:split], tokens[split:], tokenizer, final, key)
 
 
@@ -188,8 +211,47 @@ def _write_tokens(source: Source, tokenizer: Tokenizer, directory: Path) -> None
         raise ConfigError("data", source.key, "the corpus is empty: no document has any text")
     meta = {"n_tokens": n_tokens, "n_documents": n_docs, "dtype": np.dtype(dtype).name,
             "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "source": source.key,
-            "tokenizer": tokenizer.name}
+            "tokenizer": tokenizer.name, "checksum": checksum(directory / "tokens.bin")}
     (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+CHECKSUM_BLOCKS, CHECKSUM_BLOCK = 64, 1 << 16  # what a checksum reads: 4 MiB at most, whatever the size
+
+
+def checksum(path: Path) -> str:
+    """A cheap content checksum: the size and 64 blocks of 64 KiB spread evenly over the file (the
+    whole file when smaller), so that a truncated, zeroed or overwritten region is found in
+    milliseconds even for a corpus of many GB."""
+    size = path.stat().st_size
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as handle:
+        if size <= CHECKSUM_BLOCKS * CHECKSUM_BLOCK:
+            digest.update(handle.read())
+        else:
+            for i in range(CHECKSUM_BLOCKS):
+                handle.seek((size - CHECKSUM_BLOCK) * i // (CHECKSUM_BLOCKS - 1))
+                digest.update(handle.read(CHECKSUM_BLOCK))
+    return digest.hexdigest()
+
+
+def token_file_problem(directory: Path) -> str | None:
+    """What is wrong with a token cache entry, or None: tokens.bin against meta.json's count and dtype,
+    and against its checksum (entries written before checksums were kept are checked by size)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        expected = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"meta.json cannot be read: {type(err).__name__}"
+    path = directory / "tokens.bin"
+    if not path.is_file():
+        return "tokens.bin is missing"
+    size = path.stat().st_size
+    if size != expected:
+        return (f"tokens.bin has {size:,} bytes; meta.json says {meta['n_tokens']:,} {meta['dtype']} tokens, "
+                f"{expected:,} bytes")
+    if "checksum" in meta and checksum(path) != meta["checksum"]:
+        return "tokens.bin does not match the checksum in meta.json"
+    return None
 
 
 def _write_batch(out, tokenizer: Tokenizer, docs: list[str], dtype) -> int:
