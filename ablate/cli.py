@@ -144,12 +144,13 @@ def name_value(value: str) -> str:
     return f"{stem[:16]}~{_short_hash(value, 6)}"
 
 
-def check_run(cfg: RunConfig) -> RunConfig:
+def check_run(cfg: RunConfig, to_train: bool = True) -> RunConfig:
     """The whole check of a run's config, after a ladder rung has set its shape and budget
     (ablate.ladder.apply): its numbers (RunConfig.validate) and its named choices, each checked
-    beside its registry (model axes, data source). Returns cfg."""
+    beside its registry (model axes, data source). What only training needs (the distillation
+    teacher, the trackers' packages) is checked with `to_train` alone: a finished run loads for
+    evaluation and export without its teacher or the trackers it logged to. Returns cfg."""
     from ablate.data.sources import check_data
-    from ablate.distill import teacher_info
     from ablate.ladder import apply
     from ablate.model import check_model
 
@@ -157,10 +158,12 @@ def check_run(cfg: RunConfig) -> RunConfig:
     cfg.validate()
     check_model(cfg.model, "model")
     check_data(cfg.data, "data")
-    teacher_info(cfg.train.distill, cfg.seq_len)  # a teacher that is not there, or not finished
-    from ablate.trackers import check_loggers
+    if to_train:
+        from ablate.distill import teacher_info
+        from ablate.trackers import check_loggers
 
-    check_loggers(cfg.train.loggers)  # a tracker whose package is missing: the extra to install
+        teacher_info(cfg.train.distill, cfg.seq_len)  # a teacher that is not there, or not finished
+        check_loggers(cfg.train.loggers)  # a tracker whose package is missing: the extra to install
     return cfg
 
 

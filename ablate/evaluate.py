@@ -42,7 +42,7 @@ from ablate.data.tokens import cached_dir, prepare
 from ablate.lm import AblateLM, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir, RunError, runs_in, write_json, write_text
+from ablate.rundir import RunDir, RunDirError, RunError, runs_in, write_json, write_text
 
 log = logging.getLogger("ablate.eval")
 PROBE_TASKS = {"ablate_agreement": "agreement", "ablate_recall": "recall", "ablate_copy": "copy",
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for suite, path in evaluate_run(run, eval_cfg, opts["checkpoint"]).items():
                     print(f"{run}: {suite} -> {path}")
-            except (RunError, CheckpointError) as err:
+            except (RunError, RunDirError, CheckpointError) as err:  # one run in use or broken: the others go on
                 if len(runs) == 1:
                     raise
                 skipped.append(run)

@@ -15,6 +15,7 @@ the context's end, and says when that cut a prompt or a generation short.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None) -> LoadedRun
         path = rd.checkpoint_of(checkpoint)
     if not path.exists():
         raise RunError(f"no checkpoint {path}; {rd.path} has: {', '.join(have)}")
-    cfg = check_run(RunConfig.from_dict(rd.read_config()))
+    cfg = check_run(RunConfig.from_dict(rd.read_config()), to_train=False)  # no teacher, no tracker needed
     state = ckpt.load(path)
     model = Transformer(cfg.model)
     ckpt.restore(state, model)
@@ -159,6 +160,10 @@ class AblateLM(TemplateLM):
                     target = torch.tensor(piece, device=lp.device)
                     logprob[i] += float(lp.gather(1, target[:, None]).sum())
                     greedy[i] = greedy[i] and bool((lp.argmax(-1) == target).all())
+        bad = sum(not math.isfinite(v) and not v == -math.inf for v in logprob)  # NaN or +inf
+        if bad:  # lm-eval's argmax would pick the first choice on NaN: a score of 100% on a minimal pair
+            raise RunError(f"the model's log-likelihood is NaN for {bad} of {len(requests)} requests: a diverged or "
+                           "broken model cannot be scored (NaN is an error, not an answer)")
         return list(zip(logprob, greedy))
 
     def _logits(self, inputs: list[tuple[int, ...]]) -> torch.Tensor:

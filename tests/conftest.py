@@ -1,3 +1,5 @@
+import inspect
+import itertools
 import json
 import os
 import shutil
@@ -9,6 +11,35 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tiers: `python -m pytest -q -m "not slow"` while changing code (about a minute), the whole suite
+# before a commit (what CI runs). A test is slow when it trains, tokenizes a corpus or starts an
+# interpreter: it asks for a fixture that trains (SLOW_FIXTURES), calls one of SLOW_CALLS, or is
+# marked @pytest.mark.slow by hand (long simulations, compilation).
+SLOW_FIXTURES = {"cache_dir", "any_teacher", "completed", "small_disk"}
+SLOW_CALLS = ("run_cli(", "train_in_process(", "subprocess.", "_start(")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)
+
+
+def pairwise(columns: list[list]) -> set[tuple]:
+    """A small set of rows of the full grid over `columns` in which every pair of values of any two
+    columns occurs at least once (greedy): the fast tier's cut of an axis grid."""
+    grid = list(itertools.product(*columns))
+    needed = {(i, a, j, b) for i, j in itertools.combinations(range(len(columns)), 2)
+              for a in columns[i] for b in columns[j]}
+    chosen = set()
+    while needed:
+        row = max(grid, key=lambda r: sum((i, r[i], j, r[j]) in needed
+                                          for i, j in itertools.combinations(range(len(r)), 2)))
+        chosen.add(row)
+        needed -= {(i, row[i], j, row[j]) for i, j in itertools.combinations(range(len(row)), 2)}
+    return chosen
 
 
 @pytest.fixture(autouse=True)

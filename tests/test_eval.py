@@ -284,6 +284,22 @@ def test_long_continuations_are_scored_from_their_true_preceding_tokens(trained)
     assert logprob == pytest.approx(sum(lp for lp, _ in lm._loglikelihood_tokens(pieces)), rel=1e-5)
 
 
+def test_a_nan_log_likelihood_is_an_error_not_an_answer():
+    """lm-eval takes the argmax over a minimal pair's log-likelihoods, and argmax returns the first
+    choice on NaN: a broken model would score 100% where the right answer comes first."""
+    from ablate.data.tokens import Tokenizer
+
+    model = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=1, max_seq_len=16))
+    tokenizer = Tokenizer(inner=None, eos_id=0, name="none")
+    lm = AblateLM(model=model, tokenizer=tokenizer, max_length=16)
+    requests = [(None, [1, 2, 3], [4, 5]), (None, [1, 2, 3], [6])]
+    assert all(math.isfinite(lp) for lp, _ in lm._loglikelihood_tokens(requests))
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    with pytest.raises(RunError, match="NaN for 2 of 2 requests"):
+        lm._loglikelihood_tokens(requests)
+
+
 def test_generation_keeps_the_prompt_and_stays_in_the_context(trained):
     from lm_eval.api.instance import Instance
 

@@ -370,3 +370,28 @@ def test_mistakes_on_the_command_line_are_one_line_and_write_nothing(cache_dir, 
                                    check=False))
     assert "must be a multiple of seq_len" in line
     assert not (tmp_path / "default").exists()  # no run directory, no .hydra skeleton, for any of them
+
+
+def test_a_finished_run_loads_without_its_trackers_or_its_teacher(completed, tmp_path, monkeypatch):
+    """Evaluation and export need the model, not what training needed: a run that logged to W&B
+    loads where wandb cannot be imported, and a distilled one after its teacher has gone."""
+    import yaml
+
+    from ablate.cli import check_run
+    from ablate.config import RunConfig
+    from ablate.lm import load_run
+    from ablate.registry import ConfigError
+
+    copy = tmp_path / "logged"
+    shutil.copytree(completed, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["train"]["loggers"] = ["jsonl", "wandb"]
+    config["train"]["distill"].update(teacher=str(tmp_path / "moved-away"), weight=0.5)
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails
+    with pytest.raises(ImportError):
+        import wandb  # noqa: F401
+    with pytest.raises(ConfigError):  # training it would need both
+        check_run(RunConfig.from_dict(config))
+    loaded = load_run(copy)
+    assert loaded.step == 20 and loaded.cfg.train.loggers == ["jsonl", "wandb"]

@@ -15,7 +15,7 @@ from ablate.model.block import PLACEMENTS
 from ablate.model.mlp import MLPS
 from ablate.model.position import POSITIONS, alibi_slopes
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, pairwise, run_cli
 
 VOCAB = 61
 KV_HEADS = {"mha": None, "gqa": 2, "mqa": 1}
@@ -30,6 +30,8 @@ def tiny(position="rope", attention="gqa", placement="pre", mlp="swiglu", **kw) 
 
 
 GRID = list(itertools.product(POSITIONS.names(), KV_HEADS, PLACEMENTS.names(), MLPS.names()))
+# the fast tier builds a pairwise cut of the grid (every two choices of any two axes together); all of it is slow
+PAIRWISE = pairwise([POSITIONS.names(), list(KV_HEADS), PLACEMENTS.names(), MLPS.names()])
 AXES = {"position": (POSITIONS, 0), "placement": (PLACEMENTS, 2), "mlp": (MLPS, 3)}  # registry, GRID column
 
 
@@ -45,7 +47,8 @@ def test_every_choice_has_a_yaml_and_the_grid_has_every_choice(axis):
     assert {row[column] for row in GRID} == choices
 
 
-@pytest.mark.parametrize("position,attention,placement,mlp", GRID)
+@pytest.mark.parametrize("position,attention,placement,mlp",
+                         [pytest.param(*row, marks=() if row in PAIRWISE else pytest.mark.slow) for row in GRID])
 def test_grid_builds_backprops_and_is_causal(position, attention, placement, mlp):
     cfg = tiny(position, attention, placement, mlp, n_layers=4, pos=dict(nope_every=2))
     model = Transformer(cfg)
