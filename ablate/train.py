@@ -649,8 +649,9 @@ def check_run_dir(run: RunDir, cfg: RunConfig) -> None:
     if not run.is_run():
         return
     stored, current = flatten(run.read_config()), flatten(cfg.to_dict())
+    defaults = flatten(RunConfig().to_dict())  # a field added since the run began computes its default
     differ = sorted(k for k in stored.keys() | current.keys()
-                    if stored.get(k) != current.get(k) and not k.startswith(OPERATIONAL))
+                    if stored.get(k, defaults.get(k)) != current.get(k) and not k.startswith(OPERATIONAL))
     if differ:
         changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ)
         raise RunDirError(f"{run.path} holds a run with another config ({changes}); it was left untouched. "

@@ -395,3 +395,24 @@ def test_a_finished_run_loads_without_its_trackers_or_its_teacher(completed, tmp
         check_run(RunConfig.from_dict(config))
     loaded = load_run(copy)
     assert loaded.step == 20 and loaded.cfg.train.loggers == ["jsonl", "wandb"]
+
+
+def test_a_run_begun_before_a_field_existed_still_resumes(cache_dir, tmp_path):
+    """A field added to the config since a run began (absent from its config.yaml) computes its
+    default, so the run resumes; a real difference is still refused."""
+    import yaml
+
+    from ablate.rundir import RunDirError
+
+    run = train_in_process(cache_dir, tmp_path, "old", "train.tokens=4096")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["data"]["holdout"]  # as an older ablate wrote it
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = _summary(run)
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    train_in_process(cache_dir, tmp_path, "old", "train.tokens=4096")
+    assert _summary(run)["status"] == "completed"
+    config["data"]["val_tokens"] = 4096
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(RunDirError, match="data.val_tokens: 4096 -> 2048"):
+        train_in_process(cache_dir, tmp_path, "old", "train.tokens=4096")
