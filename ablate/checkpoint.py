@@ -188,6 +188,7 @@ def _numpy_reconstruct() -> Any:
 _NUMPY_DTYPES = [np.dtypes.UInt32DType] if hasattr(np, "dtypes") else []
 _LEGACY_NUMPY = [np.ndarray, np.dtype, *_NUMPY_DTYPES, (_numpy_reconstruct(), "numpy.core.multiarray._reconstruct"),
                  (_numpy_reconstruct(), "numpy._core.multiarray._reconstruct")]
+_LEGACY_NAMES = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_NUMPY}
 
 
 def _unsafe_globals(source: Path | io.BytesIO) -> list[str]:
@@ -198,9 +199,7 @@ def _unsafe_globals(source: Path | io.BytesIO) -> list[str]:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(source)
     except Exception:  # not a torch file at all: an ordinary unreadable checkpoint
         return []
-    allowed = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-               "numpy._core.multiarray._reconstruct"} | {f"numpy.dtypes.{t.__name__}" for t in _NUMPY_DTYPES}
-    return [g for g in found if g not in allowed]
+    return [g for g in found if g not in _LEGACY_NAMES]
 
 
 def safe_load(source: Path | io.BytesIO, what: str) -> Any:

@@ -184,8 +184,7 @@ def hydra_app(task: Callable[[RunConfig], Any]) -> None:
     register_configs()
     if "--plan" in sys.argv:  # the dry run of a sweep
         sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
-    with user_errors():  # before Hydra: its own report of these is a screenful
-        check_overrides(command_line_overrides(sys.argv[1:]))
+    check_command_line()
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def app(node: Any) -> Any:
@@ -206,6 +205,13 @@ def hydra_app(task: Callable[[RunConfig], Any]) -> None:
 # the options of Hydra's own command line that take a value (everything else is an override or a flag)
 _VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
            "--experimental-rerun", "--shell-completion"}
+
+
+def check_command_line() -> None:
+    """A Hydra app's overrides checked before Hydra sees them (its own report of a parse error or an
+    unknown option is a screenful): one line and exit 2 instead."""
+    with user_errors():
+        check_overrides(command_line_overrides(sys.argv[1:]))
 
 
 def command_line_overrides(argv: list[str]) -> list[str]:

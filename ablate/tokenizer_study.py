@@ -368,14 +368,11 @@ def run(node: Any) -> pd.DataFrame:
 
 
 def main() -> None:
-    import sys
-
     import hydra
 
-    from ablate.cli import check_overrides, command_line_overrides
+    from ablate.cli import check_command_line
 
-    with user_errors():  # before Hydra: its own report of these is a screenful
-        check_overrides(command_line_overrides(sys.argv[1:]))
+    check_command_line()
 
     @hydra.main(config_path=str(CONF_DIR), config_name="tokenizers", version_base=None)
     def app(node: Any) -> Any:
