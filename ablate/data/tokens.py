@@ -173,11 +173,7 @@ def prepare(cfg: DataConfig) -> TokenData:
     tok_id = _digest(tokenizer.inner.to_str())
     key = _digest(f"{source.key}|{tok_id}")
     final = Path(cfg.cache_dir) / f"tokens-{key}"
-    cached_dir(final, lambda tmp: _write_tokens(source, tokenizer, tmp), damaged=token_file_problem)
-    problem = token_file_problem(final)
-    if problem is not None:  # damaged again, after a fresh build: the disk, or someone writing into it
-        raise ConfigError("data.cache_dir", str(final), f"the token cache is damaged ({problem}) right after it was "
-                          "built; check the file system, then delete the directory")
+    cached_dir(final, lambda tmp: _write_tokens(source, tokenizer, tmp), damaged=token_file_problem)  # checked
     meta = json.loads((final / "meta.json").read_text())
     tokens = np.memmap(final / "tokens.bin", dtype=meta["dtype"], mode="r")
     held = 2 if cfg.holdout == "validation" else 3  # the tuning split sits before the validation split
