@@ -147,10 +147,18 @@ def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any
         rows = sorted(rows, key=lambda r: r["doc_id"])
         if rows and "acc" in rows[0]:
             items[task] = {"doc_id": [r["doc_id"] for r in rows], "acc": [float(r["acc"]) for r in rows]}
+            if all(isinstance(r.get("doc"), dict) and "cluster" in r["doc"] for r in rows):
+                # items that share a context (the rows of one copied span, the queries of one table)
+                items[task]["cluster"] = [r["doc"]["cluster"] for r in rows]
         if results.get("configs", {}).get(task, {}).get("output_type") == "multiple_choice":
             chance[task] = {"acc": float(np.mean([1 / len(r["resps"]) for r in rows]))}
     if "ablate_copy" in samples:
-        chance["ablate_copy"] = {"acc": COPY_CHANCE}
+        # copying's chance: any word of the source at random (a model that found the source but not
+        # the next word), beside any word of the copy lexicon (one that did not find the source)
+        rows = samples["ablate_copy"]
+        source = [r["doc"].get("source_chance") for r in rows if isinstance(r.get("doc"), dict)]
+        chance["ablate_copy"] = {"acc": float(np.mean(source)) if source and None not in source else COPY_CHANCE,
+                                 "acc_lexicon": COPY_CHANCE}
     results["chance"] = chance
     return results, items
 
@@ -272,7 +280,7 @@ def probe_dir(cache_dir: str, seed: int, n: int) -> Path:
         docs = list(documents(seed + 1, n_words=max(20_000, 40 * n)))
         (tmp / "heldout.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
-    return cached_dir(Path(cache_dir) / f"probes-v5-seed{seed}-n{n}", build)
+    return cached_dir(Path(cache_dir) / f"probes-v6-seed{seed}-n{n}", build)
 
 
 # ---- length extrapolation -----------------------------------------------------------------------

@@ -24,7 +24,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,8 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
     attrs: "order" the variants in the sweep's order (the first is the default baseline); "stale"
     why each stale evaluation is stale; "chance" task -> accuracy by guessing; "groups" lm-eval
     group -> its subtasks; "items" (run, task) -> (doc ids, per-item accuracy) where kept;
-    "tokenizers" the fields that give runs different tokenizers (then losses are compared per byte)."""
+    "tokenizers" the fields that give runs different tokenizers (then losses are compared per byte);
+    "chance_lexicon" task -> a second guessing baseline shown beside chance (the copy probe's)."""
     root = ExperimentDir(experiment_dir)
     runs = root.runs()
     planned = {name: flatten(cfg) for name, cfg in root.planned().items()}
@@ -91,8 +92,9 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
         for name, cfg in missing.items()]
     stale: dict[tuple[str, str], str] = {}
     chance: dict[str, float] = {}
+    lexicon: dict[str, float] = {}
     groups: dict[str, list[str]] = {}
-    items: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    items: dict[tuple[str, str], Items] = {}
     for run in runs:
         cfg = configs[run.name]
         summary = run.summary() or {"status": "never started" if run.status() == "new" else run.status()}
@@ -111,9 +113,12 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
                 rows += _eval_rows(base, found.results)
                 current += 1
                 chance.update({t: c["acc"] for t, c in found.results.get("chance", {}).items() if "acc" in c})
+                lexicon.update({t: c["acc_lexicon"] for t, c in found.results.get("chance", {}).items()
+                                if "acc_lexicon" in c})
                 groups.update({g: list(sub) for g, sub in found.results.get("group_subtasks", {}).items() if sub})
                 for task, kept in run.items(found.suite).items():
-                    items[(run.name, task)] = (np.asarray(kept["doc_id"]), np.asarray(kept["acc"], dtype=float))
+                    items[(run.name, task)] = Items(np.asarray(kept["doc_id"]), np.asarray(kept["acc"], dtype=float),
+                                                    np.asarray(kept["cluster"]) if "cluster" in kept else None)
             else:
                 step = found.provenance.get("step", math.nan)
                 rows.append({**base, "task": "eval", "metric": f"stale:{found.suite}", "value": _num(step),
@@ -123,7 +128,8 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
             rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
     df = pd.DataFrame(rows)
     order = [variant_name(cfg, axes) for cfg in planned.values()] + sorted(df.variant)
-    df.attrs.update(order=list(dict.fromkeys(order)), stale=stale, chance=chance, groups=groups, items=items,
+    df.attrs.update(order=list(dict.fromkeys(order)), stale=stale, chance=chance, chance_lexicon=lexicon,
+                    groups=groups, items=items,
                     tokenizers=[a for a in axes if a in TOKENIZER_FIELDS])
     return df
 
@@ -148,6 +154,15 @@ def _num(x: Any) -> float:
 
 
 # ---- the analysis -------------------------------------------------------------------------------
+class Items(NamedTuple):
+    """One run's per-item results on a task: doc ids, accuracy, and the cluster of each item (items
+    that share a context; None: each item its own)."""
+
+    ids: np.ndarray
+    acc: np.ndarray
+    cluster: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class Column:
     """One metric of the table: `key` is "<task>|<metric>" (train|val_loss, average|acc, ...)."""
@@ -157,6 +172,7 @@ class Column:
     higher_is_better: bool
     chance: float | None = None  # accuracy by guessing, where known
     kind: str = "task"  # train | task | extrapolation | average | cost
+    lexicon: float | None = None  # the copy probe: guessing any word of the lexicon (chance: any source word)
 
 
 def main_metrics(df: pd.DataFrame) -> dict[str, str]:
@@ -182,7 +198,8 @@ def _columns(df: pd.DataFrame) -> list[Column]:
         kind = "extrapolation" if task.startswith("extrapolation_") else "task"
         kind = "confounded" if per_byte and (kind == "extrapolation" or metric == "perplexity") else kind
         cols.append(Column(f"{task}|{metric}", f"{task.removeprefix('ablate_')} {metric}",
-                           HIGHER_IS_BETTER.get(metric, True), chance.get(task) if metric == "acc" else None, kind))
+                           HIGHER_IS_BETTER.get(metric, True), chance.get(task) if metric == "acc" else None, kind,
+                           df.attrs.get("chance_lexicon", {}).get(task) if metric == "acc" else None))
     measured = set(df.metric[(df.task == "train") & df.value.notna()])
     cols += [Column(f"train|{key}", name, key in ("tokens_per_s", "mfu"), kind="cost") for key, name in COST.items()
              if key not in SOMETIMES or key in measured]
@@ -201,6 +218,12 @@ def run_values(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     values = ok.pivot_table(index="run", columns="key", values="value", aggfunc="first", dropna=False)
     ses = ok.pivot_table(index="run", columns="key", values="stderr", aggfunc="first", dropna=False)
     values.attrs, ses.attrs = {}, {}  # not the collection's (its per-item arrays cannot be compared)
+    # where items come in clusters (items sharing a context), lm-eval's stderr treats them as
+    # independent: the cluster-robust standard error replaces it
+    for (run, task), got in df.attrs.get("items", {}).items():
+        key = f"{task}|acc"
+        if got.cluster is not None and run in ses.index and key in ses:
+            ses.loc[run, key] = stats.cluster_se(got.acc, got.cluster)
     return values, ses
 
 
@@ -212,7 +235,8 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     The baseline is the first variant of the sweep unless `baseline` names another (ConfigError
     for a name that is not a variant). attrs: "baseline"; "columns" (Column per metric); "runs"
     variant -> its completed runs; "values" / "ses" per run; "uninformative" the accuracies no
-    variant lifts above chance; "average_tasks" the tasks the averages are over; "notes"
+    variant lifts above chance; "average_tasks" the tasks the averages are over; "replicates" run
+    -> (init seed, data order), which pairs runs across arms; "notes"
     (variant, key) -> which runs a cell leaves out and why."""
     present = set(df.variant)
     variants = [v for v in df.attrs.get("order", []) if v in present] or list(dict.fromkeys(df.variant))
@@ -266,7 +290,8 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     out.attrs.update(baseline=baseline, columns=columns, runs=runs, values=values, ses=ses, groups=groups,
                      uninformative=uninformative, average_tasks=average_tasks,
                      notes={k: v for k, v in notes.items() if v}, items=df.attrs.get("items", {}),
-                     tokenizers=df.attrs.get("tokenizers", []))
+                     tokenizers=df.attrs.get("tokenizers", []),
+                     replicates={r: (int(s.seed), int(s.data_seed)) for r, s in status.iterrows()})
     return out
 
 
@@ -303,23 +328,36 @@ def _left_out(part: pd.DataFrame, used: set[str], evals: bool, key: str = "") ->
     return ", ".join(f"{n} {r}" for r, n in pd.Series(reasons, dtype=object).value_counts().items())
 
 
-def _paired_items(summary: pd.DataFrame, variant: str, key: str) -> np.ndarray | None:
-    """(runs, items) per-item accuracies of `variant` on the items every run of both arms answered."""
+def _paired_items(summary: pd.DataFrame, variant: str, key: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(runs, items) per-item accuracies of `variant` on the items every run of both arms answered,
+    in doc order, and those items' clusters (None where each item is its own)."""
     task, metric = key.split("|")
     if metric != "acc":
-        return None
+        return None, None
     items, runs = summary.attrs["items"], summary.attrs["runs"]
     both = runs[variant] + runs[summary.attrs["baseline"]]
     if not both or not all((r, task) in items for r in both):
-        return None
-    shared = set.intersection(*(set(items[(r, task)][0].tolist()) for r in both))
+        return None, None
+    shared = np.array(sorted(set.intersection(*(set(items[(r, task)].ids.tolist()) for r in both))))
     if len(shared) < 2:
-        return None
-    rows = []
+        return None, None
+    rows, clusters = [], None
     for r in runs[variant]:
-        ids, acc = items[(r, task)]
-        rows.append(acc[np.isin(ids, list(shared))][np.argsort(ids[np.isin(ids, list(shared))])])
-    return np.vstack(rows)
+        got = items[(r, task)]
+        order = np.argsort(got.ids)
+        at = order[np.searchsorted(got.ids[order], shared)]
+        rows.append(got.acc[at])
+        if got.cluster is not None:
+            clusters = got.cluster[at]
+    return np.vstack(rows), clusters
+
+
+def _replicates(summary: pd.DataFrame, variant: str) -> list[tuple[int, int]] | None:
+    """The (init seed, data order) of each completed run of `variant`, in its run order; None
+    where two runs share one (then no replicate pairs with another arm's)."""
+    seeds = summary.attrs.get("replicates", {})
+    keys = [seeds.get(r) for r in summary.attrs["runs"][variant]]
+    return keys if None not in keys and len(set(keys)) == len(keys) else None
 
 
 def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
@@ -336,13 +374,21 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
         for c in summary.attrs["columns"]:
             if c.kind in UNTESTED or c.key not in values:
                 continue
-            v, b = values.reindex(runs[variant])[c.key], values.reindex(runs[base])[c.key]
-            sv = ses.reindex(runs[variant])[c.key] if c.key in ses else v * math.nan
-            sb = ses.reindex(runs[base])[c.key] if c.key in ses else b * math.nan
-            result = stats.compare(v.to_numpy(), b.to_numpy(), _paired_items(summary, variant, c.key),
-                                   _paired_items(summary, base, c.key),
+            v_runs, b_runs = runs[variant], runs[base]
+            keys_v, keys_b = _replicates(summary, variant), _replicates(summary, base)
+            paired_runs = keys_v is not None and keys_b is not None and set(keys_v) == set(keys_b)
+            if paired_runs:  # replicate k of the variant against replicate k of the baseline
+                by_key = dict(zip(keys_b, b_runs))
+                b_runs = [by_key[k] for k in keys_v]
+            v, b = values.reindex(v_runs)[c.key], values.reindex(b_runs)[c.key]
+            sv = ses.reindex(v_runs)[c.key] if c.key in ses else v * math.nan
+            sb = ses.reindex(b_runs)[c.key] if c.key in ses else b * math.nan
+            items_v, clusters = _paired_items(summary, variant, c.key)
+            items_b, _ = _paired_items(summary, base, c.key)
+            result = stats.compare(v.to_numpy(), b.to_numpy(), items_v, items_b,
                                    float(sv.iloc[0]) if len(sv) == 1 else math.nan,
-                                   float(sb.iloc[0]) if len(sb) == 1 else math.nan)
+                                   float(sb.iloc[0]) if len(sb) == 1 else math.nan,
+                                   paired_runs=paired_runs, clusters=clusters)
             rows.append({"variant": variant, "baseline": base, "metric": c.key, "n_seeds": int(v.notna().sum()),
                          "n_seeds_baseline": int(b.notna().sum()), "mean": v.mean(), "baseline_mean": b.mean(),
                          "delta": result.delta, "ci_low": result.low, "ci_high": result.high,
@@ -509,6 +555,7 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
 
     def header(c: Column) -> str:
         extra = f", chance {_fmt(c.chance)}" if c.chance is not None else ""
+        extra += " (any source word; any lexicon word: " + _fmt(c.lexicon) + ")" if c.lexicon is not None else ""
         extra += ", at chance: not averaged" if c.key in summary.attrs["uninformative"] else ""
         return f"{c.label} ({extra.removeprefix(', ')})" if extra else c.label
 

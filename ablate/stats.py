@@ -4,10 +4,13 @@ Units: a *run* is one trained model (a variant at one init seed and one data-ord
 value of a metric is measured on a set of eval items that every variant shares.
 
     interval(values)             mean over runs, t interval with k - 1 degrees of freedom
-    compare(v, b, ...)           a variant against the baseline: Welch's t over runs (k >= 2 on both
-                                 sides), the item-set noise of a paired difference added where
-                                 per-item results exist; with one run a side, an item-only
-                                 comparison (McNemar for accuracies), never a verdict on training noise
+    compare(v, b, ...)           a variant against the baseline: over runs (k >= 2 on both sides),
+                                 Student's t on the per-replicate differences where the arms share
+                                 their replicates (init seed, data order), else Welch's t; the
+                                 item-set noise of a paired difference added where per-item results
+                                 exist; with one run a side, an item-only comparison (McNemar for
+                                 accuracies), never a verdict on training noise
+    cluster_se(x, clusters)      the standard error of a mean over items that come in clusters
     holm(p)                      Holm's step-down adjustment over every test of a table
     noise_components(grid)       init-seed, data-order and residual SDs from a seeds x data-seeds grid
     mde(sd, k)                   the smallest difference k runs a side detect at 5% with 80% power
@@ -79,42 +82,64 @@ class Comparison:
 
 def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray | None = None,
             items_baseline: np.ndarray | None = None, se_variant: float = math.nan,
-            se_baseline: float = math.nan) -> Comparison:
+            se_baseline: float = math.nan, paired_runs: bool = False,
+            clusters: np.ndarray | None = None) -> Comparison:
     """Variant against baseline for one metric.
 
-    variant, baseline: the metric per run (one value per seed). items_*: per-item results on the
-    shared items, (runs, items), where the eval kept them (accuracies). se_*: lm-eval's item-level
-    standard error of the single run, for the one-run case.
+    variant, baseline: the metric per run. paired_runs: the two arrays are aligned replicate by
+    replicate (run k of both arms shares its init seed and data order). items_*: per-item results
+    on the shared items, (runs, items), where the eval kept them (accuracies); clusters: per item,
+    the context it shares with others (one cluster each where None). se_*: the item-level standard
+    error of the single run, for the one-run case.
 
-    Two or more runs on both sides: Welch's t over runs (Welch-Satterthwaite degrees of freedom),
-    plus, where per-item results exist, the item-set sampling variance of the paired difference
-    (the items are one sample that every run answers, so seed-to-seed spread cannot show it).
-    Otherwise training noise is unknown: an item-only comparison (McNemar's exact test on the
-    discordant items for accuracies, else a normal interval from the two standard errors) is
-    reported, and `decides` is False."""
+    Two or more runs on both sides: Student's t on the per-replicate differences where paired
+    (k - 1 degrees of freedom: what the arms share, a data order, cancels), else Welch's t over
+    runs; plus, where per-item results exist, the item-set sampling variance of the paired
+    difference over clusters (the items are one sample that every run answers, so seed-to-seed
+    spread cannot show it), with Satterthwaite's degrees of freedom. Otherwise training noise is
+    unknown: an item-only comparison (McNemar's exact test on the discordant items for accuracies,
+    a normal test over clusters where items cluster, else a normal interval from the two standard
+    errors) is reported, and `decides` is False."""
     v = np.asarray(variant, dtype=float)
     b = np.asarray(baseline, dtype=float)
+    if paired_runs and len(v) == len(b):
+        keep = np.isfinite(v) & np.isfinite(b)
+        paired_runs = bool(keep.all())  # a replicate missing on one side breaks the pairing
     v, b = v[np.isfinite(v)], b[np.isfinite(b)]
     if len(v) == 0 or len(b) == 0:
         return Comparison(math.nan, math.nan, math.nan, math.nan, "", False)
     delta = float(v.mean() - b.mean())
     paired = items_variant is not None and items_baseline is not None
     if len(v) >= 2 and len(b) >= 2:
-        a_var, b_var = v.var(ddof=1) / len(v), b.var(ddof=1) / len(b)
-        parts = [(a_var, len(v) - 1), (b_var, len(b) - 1)]
+        if paired_runs:
+            parts = [((v - b).var(ddof=1) / len(v), len(v) - 1)]
+        else:
+            parts = [(v.var(ddof=1) / len(v), len(v) - 1), (b.var(ddof=1) / len(b), len(b) - 1)]
         if paired:
             diff = np.asarray(items_variant, float).mean(0) - np.asarray(items_baseline, float).mean(0)
-            parts.append((diff.var(ddof=1) / len(diff), len(diff) - 1))
+            se, groups = _cluster_se(diff, clusters)
+            parts.append((se**2, groups - 1))
         var = sum(p for p, _ in parts)
+        runs = "paired over replicates" if paired_runs else "welch over runs"
+        test = runs + (" + paired items" if paired else "")
+        test += " (clustered)" if paired and clusters is not None else ""
         if var == 0:
-            return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, "welch", True)
+            return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, test, True)
         df = var**2 / sum(p**2 / d for p, d in parts if p > 0)
         t = delta / math.sqrt(var)
         half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(var)
-        test = "welch over runs + paired items" if paired else "welch over runs"
         return Comparison(delta, delta - half, delta + half, float(2 * stats.t.sf(abs(t), df)), test, True)
     if paired and len(v) == 1 and len(b) == 1:
-        return _mcnemar(np.asarray(items_variant, float)[0], np.asarray(items_baseline, float)[0])
+        one_v, one_b = np.asarray(items_variant, float)[0], np.asarray(items_baseline, float)[0]
+        if clusters is None:
+            return _mcnemar(one_v, one_b)
+        se, _ = _cluster_se(one_v - one_b, clusters)
+        if se == 0:
+            return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, "item-only, paired over clusters",
+                              False)
+        half = stats.norm.ppf(1 - ALPHA / 2) * se
+        return Comparison(delta, delta - half, delta + half, float(2 * stats.norm.sf(abs(delta) / se)),
+                          "item-only, paired over clusters", False)
     se = math.sqrt(se_variant**2 + se_baseline**2) if math.isfinite(se_variant) and math.isfinite(se_baseline) \
         else math.nan
     if not math.isfinite(se) or se == 0:
@@ -122,6 +147,27 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
     half = stats.norm.ppf(1 - ALPHA / 2) * se
     p = float(2 * stats.norm.sf(abs(delta) / se))
     return Comparison(delta, delta - half, delta + half, p, "item-only, unpaired", False)
+
+
+def cluster_se(x: np.ndarray, clusters: np.ndarray | None = None) -> float:
+    """The standard error of the mean of per-item values `x` whose items come in `clusters` (items
+    that share a context: the rows of one copied span, the queries of one table): the
+    cluster-robust (sandwich) estimate with the G / (G - 1) small-sample factor, G the number of
+    clusters. Without clusters, the usual SD / sqrt(n)."""
+    return _cluster_se(np.asarray(x, dtype=float), clusters)[0]
+
+
+def _cluster_se(x: np.ndarray, clusters: np.ndarray | None) -> tuple[float, int]:
+    """(standard error of the mean, number of independent units)."""
+    n = len(x)
+    if clusters is None:
+        return (float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan), n
+    _, index = np.unique(np.asarray(clusters), return_inverse=True)
+    groups = int(index.max()) + 1 if n else 0
+    if groups < 2:
+        return math.nan, groups
+    sums = np.bincount(index, weights=x - x.mean(), minlength=groups)
+    return float(math.sqrt(groups / (groups - 1) * (sums**2).sum()) / n), groups
 
 
 def _mcnemar(v: np.ndarray, b: np.ndarray) -> Comparison:

@@ -1,5 +1,6 @@
 """Data: the synthetic language and its probes, sources, tokenizer and token cache, batch order."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -44,11 +45,24 @@ def test_no_probe_item_appears_in_training_text():
 
 def test_probes_are_well_formed_minimal_pairs_and_queries():
     probes = probe_items(7, 200)
+    for task in ("agreement", "length", "nesting"):  # BLiMP's fields; the good one at `gold`, 0 and 1 in turn
+        items = probes[task]
+        assert all(i["choices"][i["gold"]] == i["sentence_good"] and i["choices"][1 - i["gold"]] == i["sentence_bad"]
+                   for i in items)
+        assert sum(i["gold"] for i in items) == len(items) // 2
     for item in probes["agreement"]:
         good, bad = item["sentence_good"].split(), item["sentence_bad"].split()
         assert len(good) == len(bad) and sum(g != b for g, b in zip(good, bad)) == 1
-    assert {i["distance"] for i in probes["agreement"]} == {0, 1, 2, 3, 4}
-    assert {i["phenomenon"] for i in probes["agreement"]} == {"subject_verb", "anaphor"}
+    agreement = probes["agreement"]
+    assert {i["distance"] for i in agreement} == {1, 2, 3, 4}  # an adjacent subject is the nearest noun
+    for factor in ("plural", "attracted"):  # balanced: neither number nor the nearest noun gives it away
+        assert sum(i[factor] for i in agreement) == len(agreement) // 2
+    assert sum(i["phenomenon"] == "anaphor" for i in agreement) == 96  # 200 items: the factors cycle over 16
+    for item in agreement:
+        if item["phenomenon"] == "anaphor":  # the verb before the reflexive does not show number
+            verb = item["sentence_good"].split()[-3]
+            assert verb.endswith("ed") and {item["sentence_good"].split()[-2], item["sentence_bad"].split()[-2]} \
+                & {"themselves"}
     tables: dict[str, list[dict]] = {}
     for item in probes["recall"]:
         key = item["context"].split()[-1]
@@ -58,6 +72,8 @@ def test_probes_are_well_formed_minimal_pairs_and_queries():
         tables.setdefault(item["context"].split(" . ask ")[0], []).append(item)
     for items in tables.values():  # each table asked for each key once: every choice is gold once
         assert sorted(i["gold"] for i in items) == list(range(len(items))) == sorted(i["slot"] for i in items)
+        assert len({i["cluster"] for i in items}) == 1  # the queries of a table are one cluster
+    assert len({i["cluster"] for i in probes["recall"]}) == len(tables)
     assert {i["n_pairs"] for i in probes["recall"]} == set(range(2, 9))
     spans: dict[int, list[dict]] = {}
     for item in probes["copy"]:
@@ -68,23 +84,75 @@ def test_probes_are_well_formed_minimal_pairs_and_queries():
         assert [r["position"] for r in rows] == list(range(len(span.split())))
         assert [r["continuation"].strip() for r in rows] == span.split()
         assert copied.split() == span.split()[:-1]
-    for item in probes["length"]:  # the same words, in the same order; only where the copy ends differs
+        assert {r["cluster"] for r in rows} == {rows[0]["item"]}
+        assert all(r["source_chance"] == 1 / len(set(span.split())) for r in rows)
+    for item in probes["length"]:  # the same source; only where the copy ends differs
         good, bad = item["sentence_good"], item["sentence_bad"]
         source, _, copy = good.removeprefix("copy : ").removesuffix(" .").partition(" | ")
         bad_source, _, bad_copy = bad.removeprefix("copy : ").removesuffix(" .").partition(" | ")
-        assert source == copy and len(source.split()) == item["length"]
-        assert bad_source.split() == [*source.split(), bad_source.split()[-1]] and bad_copy.split() == copy.split()[:-1]
-        assert len(good.split()) == len(bad.split())
+        assert source == copy == bad_source and len(source.split()) == item["length"]
+        words = source.split()
+        assert bad_copy.split() == ([*words, words[0]] if item["longer"] else words[:-1])
+    assert sum(i["longer"] for i in probes["length"]) == 100  # a shorter wrong copy as often as a longer one
     assert {i["length"] for i in probes["length"]} == set(range(6, 17))
     for item in probes["nesting"]:
         good = item["sentence_good"].removeprefix("nest : ").removesuffix(" .").split()
         bad = item["sentence_bad"].removeprefix("nest : ").removesuffix(" .").split()
         assert _balanced(good) and not _balanced(bad)
-        (at,) = [i for i, (g, b) in enumerate(zip(good, bad)) if g != b]
-        assert good[at] in ")]" and bad[at] in ")]" and len(good) == 2 * item["n_pairs"]
-        assert good[at - item["distance"]] == {")": "(", "]": "["}[good[at]]  # the opener it closes
-        assert 1 <= item["depth"] <= 4 and item["distance"] >= 3
-    assert {i["depth"] for i in probes["nesting"]} == {1, 2, 3}
+        a, b = [i for i, (g, w) in enumerate(zip(good, bad)) if g != w]
+        assert (bad[a], bad[b]) == (good[b], good[a]) and good[a] != good[b] and b - a == item["gap"]
+        assert {good[a - 1], good[b - 1]} <= {")", "]"}  # each follows a closer
+        for kind in ("()", "[]"):  # per kind, the counts stay balanced and never go below zero
+            depth = list(itertools.accumulate((t == kind[0]) - (t == kind[1]) for t in bad))
+            assert min(depth) >= 0 and depth[-1] == 0
+        assert good[a - item["distance"]] == {")": "(", "]": "["}[good[a]]  # the opener it closes
+        assert len(good) == 2 * item["n_pairs"]
+    assert {i["depth"] for i in probes["nesting"]} >= {2, 3}
+
+
+def test_skill_free_scorers_sit_at_chance_on_every_probe():
+    """Each probe's skill-free scorers (without the skill it names, with every other advantage)
+    score inside the 95% interval of guessing, on 400 items of each probe, on two seeds."""
+    from ablate.data.skillfree import score, skill_free
+
+    scorers = skill_free(training_words=200_000)
+    assert set(scorers) == {"agreement", "length", "nesting", "recall", "copy"}
+    for seed in (11, 12):
+        items = probe_items(seed, 400)
+        for probe, pairs in scorers.items():
+            assert len(items[probe]) >= 400
+            for scorer, chance in pairs:
+                got = score(probe, items[probe], scorer, chance)
+                assert got.at_chance, f"{probe}: {scorer.name} {got.correct}/{got.n}, outside {got.low}-{got.high}"
+
+
+def test_the_scorers_find_a_probe_that_does_not_isolate_its_skill():
+    """The check can fail: on the former designs (a wrong length copy one word short with a source one
+    word longer; a nesting closer of the wrong kind; the good sentence always first) the scorers
+    without the skill score far above chance."""
+    from ablate.data.skillfree import KindCounters, NoStopCopier, SourceBag, score
+
+    items = probe_items(11, 400)
+    vocabulary = {w for i in items["length"] for w in i["sentence_good"].split()} | {"(", ")", "[", "]", "nest"}
+    old_length = []
+    for i in items["length"]:
+        words = i["sentence_good"].removeprefix("copy : ").split(" | ")[0].split()
+        extra = "ga" if words[-1] != "ga" else "fa"
+        good = i["sentence_good"]
+        bad = f"copy : {' '.join([*words, extra])} | {' '.join(words[:-1])} ."
+        old_length.append({"choices": [good, bad], "gold": 0})
+    for scorer in (SourceBag(vocabulary), NoStopCopier(vocabulary)):
+        got = score("length", old_length, scorer)
+        assert got.correct > got.high, f"{scorer.name}: {got.correct}/{got.n}"
+    old_nesting = []
+    for i in items["nesting"]:
+        good = i["sentence_good"].split()
+        bad = list(good)
+        first = next(k for k, (g, w) in enumerate(zip(good, i["sentence_bad"].split())) if g != w)
+        bad[first] = {")": "]", "]": ")"}[good[first]]  # one closer changed: the kinds' counts unbalance
+        old_nesting.append({"choices": [" ".join(good), " ".join(bad)], "gold": 0})
+    got = score("nesting", old_nesting, KindCounters(vocabulary))
+    assert got.correct > got.high, f"{got.correct}/{got.n}"
 
 
 def _balanced(tokens: list[str]) -> bool:

@@ -79,7 +79,8 @@ def test_parity_with_lm_eval_hf_backend(trained, cache_dir, tmp_path):
         assert metrics and all(a[k] == pytest.approx(b[k], rel=1e-4) for k in metrics), (task, a, b)
         la, lb = _loglikelihoods(ours["samples"][task]), _loglikelihoods(theirs["samples"][task])
         assert len(la) == len(lb) >= 40 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
-    assert ours["results"]["ablate_agreement"]["acc,none"] > 0.5  # it learned something
+    # it learned something: uniform over the language's ~30 characters would be 4.9 bits per byte
+    assert ours["results"]["ablate_heldout"]["bits_per_byte,none"] < 2.5
     gens_a = [s["resps"][0][0] for s in ours["samples"]["copy_gen"]]
     gens_b = [s["resps"][0][0] for s in theirs["samples"]["copy_gen"]]
     assert gens_a == gens_b and any(gens_a)

@@ -21,11 +21,12 @@ from conftest import run_cli, tiny_overrides
 
 def make_run(root: Path, position: str, seed: int, status: str = "completed", acc: float | None = None,
              val_loss: float = 3.0, ppl: dict[str, float] | None = None, eval_step: int = 10,
-             attempts: list[dict] | None = None) -> Path:
+             attempts: list[dict] | None = None, data_seed: int | None = None) -> Path:
     """A run directory as ablate-train and ablate-eval leave it, with known numbers; the eval
     measured step `eval_step` (the run ends at step 10)."""
     cfg = RunConfig()
     cfg.model.position.kind, cfg.seed, cfg.run_name = position, seed, f"{position}-s{seed}"
+    cfg.data.seed = seed if data_seed is None else data_seed
     run = root / cfg.run_name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
@@ -50,8 +51,9 @@ def experiment(tmp_path) -> Path:
     root = tmp_path / "exp"
     make_run(root, "rope", 0, acc=0.60, val_loss=3.0, ppl={1: 20.0, 4: 40.0})
     make_run(root, "rope", 1, acc=0.70, val_loss=3.2, ppl={1: 22.0, 4: 44.0})
-    make_run(root, "alibi", 0, acc=0.80, val_loss=2.9, ppl={1: 21.0, 4: 21.0})
-    make_run(root, "alibi", 1, acc=0.90, val_loss=2.9, ppl={1: 21.0, 4: 22.0})
+    # alibi's replicates do not share rope's data orders: nothing pairs them (Welch)
+    make_run(root, "alibi", 0, acc=0.80, val_loss=2.9, ppl={1: 21.0, 4: 21.0}, data_seed=5)
+    make_run(root, "alibi", 1, acc=0.90, val_loss=2.9, ppl={1: 21.0, 4: 22.0}, data_seed=6)
     make_run(root, "learned", 0, status="failed")
     make_run(root, "sinusoidal", 0, acc=0.62)
     make_run(root, "sinusoidal", 1, status="diverged", acc=0.10)
@@ -99,6 +101,20 @@ def test_means_intervals_comparisons_and_failed_rows(experiment):
     assert "(+0.2)" in full.loc["alibi", "task_a acc"] and "*" not in full.loc["alibi", "task_a acc"]
     assert full.loc["sinusoidal", "task_a acc"].endswith("[without 1 diverged]")  # the cell says what it lacks
     assert full.loc["learned", "task_a acc"] in ("n/a (1 failed, 1 missing)", "n/a (1 missing, 1 failed)")
+
+
+def test_replicates_that_share_init_seed_and_data_order_are_paired(tmp_path):
+    """Run k of each arm is replicate k (seed k, data order k): the comparison is Student's t on the
+    per-replicate differences, which a shared data-order effect does not blur."""
+    root = tmp_path / "exp"
+    for seed, (base, variant) in enumerate([(0.50, 0.56), (0.70, 0.77), (0.60, 0.65)]):  # order k moves both
+        make_run(root, "rope", seed, acc=base)
+        make_run(root, "alibi", seed, acc=variant)
+    c = comparisons(summarize(collect(root), baseline="rope")).set_index(["variant", "metric"])
+    row = c.loc[("alibi", "task_a|acc")]
+    assert row.test == "paired over replicates"
+    assert row.p_value == pytest.approx(scipy_stats.ttest_rel([0.56, 0.77, 0.65], [0.50, 0.70, 0.60]).pvalue)
+    assert row.p_value < 0.01 < scipy_stats.ttest_ind([0.56, 0.77, 0.65], [0.50, 0.70, 0.60], equal_var=False).pvalue
 
 
 def test_report_files_and_warnings(experiment):
@@ -214,8 +230,9 @@ def test_plots_draw_completed_runs_only_and_retries_are_shown(experiment):
 def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
     """Real tiny runs, 3 seeds an arm. Null: Adam's eps at 1e-8 against 1.1e-8, a setting too small
     to matter (eps only counts where sqrt(v) is near 1e-8, far below these gradients), with other
-    init seeds so the arms are as independent as two architectures' runs: no mark. Width: 32 against
-    128: the validation loss difference is marked."""
+    replicates (init seeds and data orders) so the arms are as independent as two architectures'
+    runs: no mark (Welch). Width: 32 against 128 on shared replicates: the validation loss
+    difference is marked (paired over replicates)."""
     def sweep(name: str, *args: str) -> None:
         run_cli("ablate.train", "-m", *tiny_overrides(cache_dir, tmp_path / name, "train.tokens=20480",
                                                       "train.eval_every=0", *args))
@@ -223,11 +240,11 @@ def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
     sweep("same", "seed=0,1,2")
     sweep("same", "optim.eps=1.1e-8", "seed=3,4,5")
     sweep("width", "model.dim=32,128", "seed=0,1,2")
-    for name, marked in (("same", False), ("width", True)):
+    for name, marked, test in (("same", False, "welch over runs"), ("width", True, "paired over replicates")):
         run_cli("ablate.report", f"path={tmp_path / name / 'default'}")
         comps = pd.read_csv(tmp_path / name / "default" / "report" / "comparisons.csv").set_index("metric")
         row = comps.loc["train|val_loss"]
-        assert (row.n_seeds, row.n_seeds_baseline, row.test) == (3, 3, "welch over runs")
+        assert (row.n_seeds, row.n_seeds_baseline, row.test) == (3, 3, test)
         assert bool(row.significant) is marked, (name, row.to_dict())
     width = pd.read_csv(tmp_path / "width" / "default" / "report" / "comparisons.csv").set_index("metric")
     width = width.loc["train|val_loss"]

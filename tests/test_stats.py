@@ -15,8 +15,9 @@ from ablate.report import Column, comparisons
 SIMULATIONS = 1000
 
 
-def simulated(arms: dict[str, np.ndarray]) -> pd.DataFrame:
-    """A summary as report.summarize leaves it, for runs with the given values: arm -> (runs, metrics)."""
+def simulated(arms: dict[str, np.ndarray], paired: bool = False) -> pd.DataFrame:
+    """A summary as report.summarize leaves it, for runs with the given values: arm -> (runs, metrics);
+    `paired`: run k of every arm is replicate k (init seed k, data order k)."""
     n_metrics = next(iter(arms.values())).shape[1]
     columns = [Column(f"task{m}|acc", f"task{m} acc", True) for m in range(n_metrics)]
     rows, runs = {}, {}
@@ -26,7 +27,9 @@ def simulated(arms: dict[str, np.ndarray]) -> pd.DataFrame:
     values = pd.DataFrame.from_dict(rows, orient="index", columns=[c.key for c in columns])
     summary = pd.DataFrame(index=list(arms))
     summary.attrs.update(baseline=next(iter(arms)), columns=columns, runs=runs, values=values,
-                         ses=values * math.nan, items={})
+                         ses=values * math.nan, items={},
+                         replicates={name: (k, k) for names in runs.values() for k, name in enumerate(names)}
+                         if paired else {})
     return summary
 
 
@@ -103,3 +106,61 @@ def test_minimum_detectable_effect():
     # 3 runs a side, SD 1: (t_0.975,4 + t_0.8,4) sqrt(2/3)
     assert stats.mde(1.0, 3) == pytest.approx((2.776 + 0.941) * math.sqrt(2 / 3), rel=1e-3)
     assert math.isnan(stats.mde(1.0, 1))
+
+
+def test_replicates_pair_across_arms_and_hold_the_rate_where_one_data_order_does_not():
+    """Arms that interact with the data order (an arm-by-order effect of half the init SD), no true
+    difference, 5 runs a side. Every replicate on one shared data order: the interaction is one draw
+    that seeds cannot average away, and Welch marks too often. A replicate = (seed, data order),
+    paired across arms: the interaction is part of each replicate's difference, and the rate holds."""
+    rng = np.random.default_rng(5)
+    shared, paired = 0, 0
+    for _ in range(SIMULATIONS):
+        order = rng.normal(0, 1.0, size=(5, 1))  # data order k's effect, the same for every arm
+        one = {arm: 0.5 * rng.normal() + rng.normal(0, 1.0, size=(5, 1)) for arm in "ab"}  # data order 0 only
+        comps = comparisons(simulated(one))
+        shared += bool(comps.significant.any())
+        arms = {arm: order + 0.5 * rng.normal(size=(5, 1)) + rng.normal(0, 1.0, size=(5, 1)) for arm in "ab"}
+        comps = comparisons(simulated(arms, paired=True))
+        assert (comps.test == "paired over replicates").all()
+        paired += bool(comps.significant.any())
+    bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / SIMULATIONS)
+    assert paired / SIMULATIONS <= bound < shared / SIMULATIONS, (paired, shared)
+
+
+def test_a_shared_data_order_cancels_in_the_paired_difference():
+    """Two arms whose replicates share a large data-order effect: the paired test (Student's t on the
+    per-replicate differences) finds a difference Welch's cannot, and equals scipy's paired t."""
+    rng = np.random.default_rng(6)
+    order = rng.normal(0, 1.0, size=4)
+    base, variant = order + rng.normal(0, 0.05, 4), order + 0.2 + rng.normal(0, 0.05, 4)
+    paired = stats.compare(variant, base, paired_runs=True)
+    assert paired.p_value == pytest.approx(scipy_stats.ttest_rel(variant, base).pvalue)
+    assert paired.p_value < 0.01 < stats.compare(variant, base).p_value
+    assert paired.test == "paired over replicates"
+    # a replicate missing on one side breaks the pairing: Welch over what is there
+    assert stats.compare(variant, np.r_[base[:3], np.nan], paired_runs=True).test == "welch over runs"
+
+
+def test_cluster_standard_error_covers_where_the_naive_one_does_not():
+    """Items in clusters of 10 that share a cluster effect (a copied span, a table): the naive SE
+    of the mean is too small and its 95% interval covers the truth far less than 95% of the time;
+    the cluster-robust one covers. By hand on a small case: sqrt(G/(G-1) sum_c r_c^2) / n."""
+    x, clusters = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0]), np.array([0, 0, 1, 1, 2, 2])
+    residual_sums = np.array([1 + 0, 1 + 1, 0 + 0]) - 2 * x.mean()
+    assert stats.cluster_se(x, clusters) == pytest.approx(math.sqrt(1.5 * (residual_sums**2).sum()) / 6)
+    assert stats.cluster_se(x) == pytest.approx(x.std(ddof=1) / math.sqrt(6))
+    rng = np.random.default_rng(7)
+    clusters = np.repeat(np.arange(40), 10)
+    covered = {"naive": 0, "cluster": 0}
+    for _ in range(SIMULATIONS):
+        p = 1 / (1 + np.exp(-(rng.normal(0, 1.5, 40)[clusters])))  # a cluster's items share a difficulty
+        truth = 0.5  # the mean of p over clusters' difficulty draws is 0.5 by symmetry
+        values = (rng.random(400) < p).astype(float)
+        for kind, se in (("naive", stats.cluster_se(values)), ("cluster", stats.cluster_se(values, clusters))):
+            covered[kind] += abs(values.mean() - truth) <= 1.96 * se
+    assert covered["cluster"] / SIMULATIONS >= 0.93 and covered["naive"] / SIMULATIONS < 0.85, covered
+    # one run a side on clustered items: an item-only test over clusters, not McNemar over items
+    v, b = (rng.random(400) < 0.6).astype(float), (rng.random(400) < 0.5).astype(float)
+    result = stats.compare(v[:1] * 0 + v.mean(), np.array([b.mean()]), v[None], b[None], clusters=clusters)
+    assert result.test == "item-only, paired over clusters" and not result.decides

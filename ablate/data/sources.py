@@ -12,7 +12,7 @@ from pathlib import Path
 from ablate.config import DataConfig
 from ablate.registry import ConfigError, Registry
 
-SYNTHETIC_VERSION = 3  # bump when the generator's output changes, so caches are rebuilt
+SYNTHETIC_VERSION = 4  # bump when the generator's output changes, so caches are rebuilt
 
 
 class Source:

@@ -26,9 +26,11 @@ the item's text), which training text never draws from: no probe appears in trai
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +57,11 @@ VERBS_T = [("sees", "see"), ("likes", "like"), ("helps", "help"), ("finds", "fin
            ("knows", "know"), ("watches", "watch"), ("calls", "call"), ("meets", "meet"), ("praises", "praise")]
 VERBS_I = [("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("waits", "wait"), ("laughs", "laugh"),
            ("works", "work"), ("smiles", "smile"), ("jumps", "jump"), ("dances", "dance"), ("falls", "fall")]
-REFLEXIVE_VERBS = [("admires", "admire"), ("hurts", "hurt"), ("blames", "blame"), ("trusts", "trust"),
-                   ("washes", "wash"), ("describes", "describe")]
+# (singular, plural, past): the past form does not show number, so before a reflexive it leaves the
+# reflexive's number to be found from the subject
+REFLEXIVE_VERBS = [("admires", "admire", "admired"), ("defends", "defend", "defended"), ("blames", "blame", "blamed"),
+                   ("trusts", "trust", "trusted"), ("washes", "wash", "washed"),
+                   ("describes", "describe", "described")]
 PREPOSITIONS = ["near", "behind", "with", "beside", "under", "above", "beyond", "around"]
 ADVERBS = ["quickly", "slowly", "often", "rarely", "again", "today", "loudly", "softly"]
 REFLEXIVE = {"m": "himself", "f": "herself", "n": "itself"}
@@ -74,7 +79,7 @@ MAX_DEPTH = 4  # of the bracket sequences
 PROBE_SLICE = 64  # items whose signature's CRC % PROBE_SLICE == 0 belong to the probes only
 # A minimal pair's two sentences differ in one agreeing word; the signature erases that difference
 # so that both sentences of a pair are reserved together.
-_SIGNATURE = {**{pl: sg for sg, pl in VERBS_T + VERBS_I + REFLEXIVE_VERBS},
+_SIGNATURE = {**{pl: sg for sg, pl, *_ in VERBS_T + VERBS_I + REFLEXIVE_VERBS},
               **{r: "<self>" for r in (*REFLEXIVE.values(), "themselves")}}
 
 
@@ -115,35 +120,46 @@ class Language:
         words = ["the"] + ([rng.choice(ADJECTIVES)] if rng.random() < adjective else []) + [pl if plural else sg]
         return " ".join(words), plural, gender
 
-    def _intervening(self, n: int) -> str:
-        """n phrases between subject and verb, each with an attractor noun of random number."""
+    def _intervening(self, n: int, last_plural: bool | None = None) -> str:
+        """n phrases between subject and verb, each with an attractor noun of random number (the
+        last one's number is `last_plural` where given)."""
         rng, parts = self.rng, []
-        for _ in range(n):
+        for i in range(n):
+            plural = last_plural if i == n - 1 else None
             if rng.random() < 0.5:
-                parts.append(f"{rng.choice(PREPOSITIONS)} {self._np()[0]}")
+                parts.append(f"{rng.choice(PREPOSITIONS)} {self._np(plural)[0]}")
             else:
-                noun, plural, _ = self._np()
+                noun, plural, _ = self._np(plural)
                 verb = rng.choice(VERBS_T)[1 if plural else 0]
                 # "that the dogs see": the relative clause's own subject agrees with its own verb
                 parts.append(f"that {noun} {verb}")
         return " ".join(parts)
 
-    def agreement_pair(self) -> Pair:
+    def agreement_pair(self, plural: bool | None = None, attracted: bool | None = None,
+                       phenomenon: str | None = None, distance: int | None = None, past: bool | None = None) -> Pair:
+        """A minimal pair on the number of a verb or a reflexive. Left as None, each choice is drawn:
+        `plural` the subject's number; `attracted` whether the last number-marked word before the
+        agreeing word (an attractor noun or a relative clause's verb) has the subject's number;
+        `phenomenon` subject_verb or anaphor; `distance` 0-4 intervening phrases; `past` whether a
+        reflexive's verb is in the past tense, which does not show number."""
         rng = self.rng
-        subject, plural, gender = self._np()
-        distance = rng.randint(0, 4)
-        middle = self._intervening(distance)
+        subject, plural, gender = self._np(plural)
+        distance = rng.randint(0, 4) if distance is None else distance
+        last = None if attracted is None else (plural if attracted else not plural)
+        middle = self._intervening(distance, last)
         head = f"{subject} {middle}".strip()
-        if rng.random() < 0.5:
+        phenomenon = phenomenon or ("subject_verb" if rng.random() < 0.5 else "anaphor")
+        if phenomenon == "subject_verb":
             verb = rng.choice(VERBS_T + VERBS_I)
             tail = f" {self._np()[0]}" if verb in VERBS_T else (f" {rng.choice(ADVERBS)}" if rng.random() < 0.5 else "")
             good = f"{head} {verb[1 if plural else 0]}{tail} ."
             bad = f"{head} {verb[0 if plural else 1]}{tail} ."
             return Pair(good, bad, "subject_verb", distance)
-        verb = rng.choice(REFLEXIVE_VERBS)[1 if plural else 0]
-        right = "themselves" if plural else REFLEXIVE[gender]
-        wrong = REFLEXIVE[gender] if plural else rng.choice(
-            [r for r in (*REFLEXIVE.values(), "themselves") if r != right])
+        forms = rng.choice(REFLEXIVE_VERBS)
+        past = rng.random() < 0.5 if past is None else past
+        verb = forms[2] if past else forms[1 if plural else 0]
+        # number only: the wrong reflexive is the right one's other number, of the subject's gender
+        right, wrong = ("themselves", REFLEXIVE[gender]) if plural else (REFLEXIVE[gender], "themselves")
         return Pair(f"{head} {verb} {right} .", f"{head} {verb} {wrong} .", "anaphor", distance)
 
     def recall(self, n_pairs: int | None = None, distinct: bool = False) -> tuple[str, list[tuple[str, str]]]:
@@ -211,68 +227,109 @@ def documents(seed: int, n_words: int, words_per_doc: int = 200) -> Iterator[str
 def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
     """n items of each probe task, all inside the reserved slice (so none was ever trained on).
 
-    agreement: BLiMP's fields (sentence_good, sentence_bad) plus phenomenon and distance, and the
-               pair as `choices` (good first), which the task reads without a template.
+    Each probe isolates one skill: a scorer without it, however good at everything else, sits at
+    chance (the skill-free scorers of `ablate.data.skillfree` show it, in the tests). The minimal
+    pairs carry BLiMP's fields (sentence_good, sentence_bad) and `choices` with the grammatical
+    sentence at `gold`, 0 or 1 in turn, so a scorer that ties (or always picks one side) scores 0.5.
+    Their design factors cycle in a fixed order, so any first N items are balanced.
+
+    agreement: number agreement with the subject across 1-4 intervening phrases. The number of the
+               subject, and whether the last number-marked word before the agreeing word (an
+               attractor noun, or a relative clause's verb) has the subject's number (`attracted`),
+               are balanced: agreeing with the nearest noun, or any bigram statistic, scores chance.
+               subject_verb: the verb's number; anaphor: a reflexive after a past-tense verb (which
+               does not show number): "themselves" against the singular of the subject's gender.
     recall:    context ending in "ask KEY", choices = every value of the table, gold = the index; the
                values of a table are distinct and each table is asked for every key (`slot` says
                which), so a preference for a value or a place in the table scores chance exactly;
-               `n_pairs` 2-8.
+               `n_pairs` 2-8; the queries of one table share a `cluster`.
     copy:      one row per word of a span: context "copy : SPAN | w1 .. w(j-1)", continuation " wj"
-               (so the score is per word: partial copies count), `item` and `position` say which;
-               n // 5 spans (at least 10) of 8-20 words, about 2.8 n rows.
-    length:    minimal pairs on where a copy ends: "copy : S | S ." against "copy : S w | S' ." whose
-               source is one word longer and whose copy stops one word short (the same words in
-               all); `length` is |S| (6-16). The words are known; only counting tells them apart.
-    nesting:   minimal pairs of bracket sequences: a balanced one against the same with one closer
-               of the wrong kind, a closer with at least one pair between it and its opener (an
-               adjacent pair is told by the previous token alone); `n_pairs`, and `depth` and
-               `distance` (tokens back to its opener) of the changed closer.
+               (so the score is per word: partial copies count), `item` and `position` say which, the
+               rows of one span share a `cluster`; n // 5 spans (at least 10) of 8-20 words, about 2.8 n
+               rows. `source_chance`: the accuracy of picking any (distinct) word of the span at random.
+    length:    where a copy ends: "copy : S | S ." against the same source with a copy one word
+               short or (in turn) one word long (the extra word is the source's first, where a copier
+               that does not stop would go on); `length` is |S| (6-16), `longer` which. A scorer that
+               does not know where a copy ends prefers the shorter sentence either way: chance.
+    nesting:   a balanced sequence of two kinds of bracket against the same with two closers of
+               different kinds swapped: every per-kind count stays balanced and never negative (a
+               counter per kind without a stack cannot tell), and each swapped closer follows a
+               closer (the token before it says nothing); `n_pairs`, and `depth` and `distance`
+               (tokens back to its opener) of the first swapped closer, `gap` to the second.
     """
     lang = Language(seed)
+    rng = lang.rng
     out: dict[str, list[dict]] = {"agreement": [], "recall": [], "copy": [], "length": [], "nesting": []}
-    while len(out["agreement"]) < n:
-        pair = lang.agreement_pair()
-        if reserved(pair.good):  # and so pair.bad: they share a signature
-            out["agreement"].append({"sentence_good": pair.good, "sentence_bad": pair.bad,
-                                     "phenomenon": pair.phenomenon, "distance": pair.distance,
-                                     "choices": [pair.good, pair.bad]})
+    for i in range(n):
+        plural, attracted, phenomenon = bool(i // 2 % 2), bool(i // 4 % 2), ("subject_verb", "anaphor")[i // 8 % 2]
+        while True:
+            pair = lang.agreement_pair(plural, attracted, phenomenon, rng.randint(1, 4), past=True)
+            if reserved(pair.good):  # and so pair.bad: they share a signature
+                break
+        out["agreement"].append({**_pair(pair.good, pair.bad, i % 2), "phenomenon": pair.phenomenon,
+                                 "distance": pair.distance, "plural": plural, "attracted": attracted})
+    tables = 0
     while len(out["recall"]) < n:  # every key of a table asked once: a preference for some value or
-        table, pairs = lang.recall(n_pairs=lang.rng.randint(2, 8), distinct=True)  # slot scores chance
+        table, pairs = lang.recall(n_pairs=rng.randint(2, 8), distinct=True)  # slot scores chance
         if reserved(table):
             choices = sorted(v for _, v in pairs)
             out["recall"] += [{"context": f"{table} ask {key}", "choices": choices, "gold": choices.index(value),
-                               "n_pairs": len(pairs), "slot": i} for i, (key, value) in enumerate(pairs)]
+                               "n_pairs": len(pairs), "slot": i, "cluster": tables}
+                              for i, (key, value) in enumerate(pairs)]
+            tables += 1
     spans = 0
     while spans < max(10, n // 5):
-        span = lang.copy_span(lang.rng.randint(8, 20))
+        span = lang.copy_span(rng.randint(8, 20))
         if reserved(span):
             words = span.split()
             out["copy"] += [{"context": f"copy : {span} |" + "".join(f" {w}" for w in words[:j]),
-                             "continuation": f" {words[j]}", "item": spans, "position": j}
+                             "continuation": f" {words[j]}", "item": spans, "position": j, "cluster": spans,
+                             "source_chance": 1 / len(set(words))}
                             for j in range(len(words))]
             spans += 1
-    while len(out["length"]) < n:
-        length = lang.rng.randint(6, 16)
-        words = lang.copy_span(length + 1).split(" ")
-        span = " ".join(words[:length])
-        if reserved(span):
-            good = f"copy : {span} | {span} ."
-            bad = f"copy : {' '.join(words)} | {' '.join(words[:length - 1])} ."
-            out["length"].append({"sentence_good": good, "sentence_bad": bad, "length": length,
-                                  "choices": [good, bad]})
+    for i in range(n):
+        longer = bool(i % 2)
+        while True:
+            words = lang.copy_span(rng.randint(6, 16)).split(" ")
+            if reserved(" ".join(words)):
+                break
+        span = " ".join(words)
+        copy = [*words, words[0]] if longer else words[:-1]
+        out["length"].append({**_pair(f"copy : {span} | {span} .", f"copy : {span} | {' '.join(copy)} .", i // 2 % 2),
+                              "length": len(words), "longer": longer})
     while len(out["nesting"]) < n:
         tokens = lang.brackets()
         sequence = " ".join(tokens)
-        far = [i for i, t in enumerate(tokens) if t in CLOSERS and _opener(tokens, i)[0] < i - 1]
-        if far and reserved(sequence):  # a closer with something between it and its opener
-            at = lang.rng.choice(far)
-            opener, depth = _opener(tokens, at)
-            wrong = list(tokens)
-            wrong[at] = CLOSERS[1 - CLOSERS.index(tokens[at])]
-            good, bad = f"nest : {sequence} .", f"nest : {' '.join(wrong)} ."
-            out["nesting"].append({"sentence_good": good, "sentence_bad": bad, "n_pairs": len(tokens) // 2,
-                                   "depth": depth, "distance": at - opener, "choices": [good, bad]})
+        swaps = []
+        for a in range(1, len(tokens)):
+            for b in range(a + 1, len(tokens)):
+                if (tokens[a] in CLOSERS and tokens[b] in CLOSERS and tokens[a] != tokens[b]
+                        and tokens[a - 1] in CLOSERS and tokens[b - 1] in CLOSERS and _opener(tokens, b)[0] < a):
+                    wrong = list(tokens)
+                    wrong[a], wrong[b] = tokens[b], tokens[a]
+                    if _transitions(wrong) == _transitions(tokens):
+                        swaps.append(wrong)
+        if swaps and reserved(sequence):
+            wrong = rng.choice(swaps)
+            a, b = (i for i, (t, w) in enumerate(zip(tokens, wrong)) if t != w)
+            opener, depth = _opener(tokens, a)
+            pair = _pair(f"nest : {sequence} .", f"nest : {' '.join(wrong)} .", len(out["nesting"]) % 2)
+            out["nesting"].append({**pair, "n_pairs": len(tokens) // 2, "depth": depth, "distance": a - opener,
+                                   "gap": b - a})
     return out
+
+
+def _pair(good: str, bad: str, gold: int) -> dict:
+    """A minimal pair in BLiMP's fields, with its choices in the order that puts the good one at `gold`."""
+    return {"sentence_good": good, "sentence_bad": bad, "choices": [good, bad] if gold == 0 else [bad, good],
+            "gold": gold}
+
+
+def _transitions(tokens: list[str]) -> Counter:
+    """How often a bracket follows a bracket of the same kind and of the other, by opener / closer:
+    what a bigram model sees of a sequence once the kinds' names are set aside."""
+    kind = {t: i for i, t in enumerate(OPENERS)} | {t: i for i, t in enumerate(CLOSERS)}
+    return Counter((a in OPENERS, b in OPENERS, kind[a] == kind[b]) for a, b in itertools.pairwise(tokens))
 
 
 def _opener(tokens: list[str], at: int) -> tuple[int, int]:
@@ -286,8 +343,8 @@ def _opener(tokens: list[str], at: int) -> tuple[int, int]:
     return stack[-1], len(stack)
 
 
-# Accuracy a model gets by guessing, per probe (agreement and recall: one over the number of
-# choices, computed from the items themselves; copy: one word of the copy lexicon at random).
+# The copy probe's accuracy by guessing a word of the copy lexicon (a model that has not found the
+# source); one that picks any word of the source scores each row's `source_chance` (about 1/14).
 COPY_CHANCE = 1 / len(COPY_WORDS)
 
 
