@@ -184,6 +184,9 @@ def hydra_app(task: Callable[[RunConfig], Any]) -> None:
     register_configs()
     if "--plan" in sys.argv:  # the dry run of a sweep
         sys.argv = [a for a in sys.argv if a != "--plan"] + ["plan=true"]
+    if any(a.lower() in ("plan=true", "plan=1", "plan=yes") for a in sys.argv[1:]) \
+            and not {"-m", "--multirun"} & set(sys.argv[1:]):
+        sys.argv.insert(1, "-m")  # the plan is the sweeper's: one job is a sweep of one, planned, not run
     check_command_line()
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)

@@ -329,6 +329,16 @@ class FairnessConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What ablate-report reads from an experiment."""
+
+    # the metrics whose tests make the primary family (Holm over exactly these sets the marks and the
+    # verdict), e.g. [train|val_loss, ablate_length|acc]; empty: validation loss, each informative
+    # task's accuracy and the extrapolation ratio (README: results and statistics)
+    primary: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TuneConfig:
     """`+tune=lr`: before the experiment's seeds, each arm trains once at base LR x every
     multiplier; its seeds then run at the LR with the lowest validation loss."""
@@ -377,6 +387,7 @@ class RunConfig:
     cost: CostConfig = operational(factory=CostConfig)
     fairness: FairnessConfig = operational(factory=FairnessConfig)
     tune: TuneConfig = operational(factory=TuneConfig)
+    report: ReportConfig = operational(factory=ReportConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
 
     @classmethod

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from ablate import ladder, stats
 from ablate.cli import command, key_values
@@ -128,8 +129,12 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
             rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
     df = pd.DataFrame(rows)
     order = [variant_name(cfg, axes) for cfg in planned.values()] + sorted(df.variant)
+    for group, subtasks in groups.items():  # a group of multiple-choice tasks guesses as its subtasks do
+        if group not in chance and subtasks and all(t in chance for t in subtasks):
+            chance[group] = float(np.mean([chance[t] for t in subtasks]))
+    declared = next((cfg.get("report.primary") for cfg in configs.values() if cfg.get("report.primary")), None)
     df.attrs.update(order=list(dict.fromkeys(order)), stale=stale, chance=chance, chance_lexicon=lexicon,
-                    groups=groups, items=items,
+                    groups=groups, items=items, primary=list(declared) if declared else None,
                     tokenizers=[a for a in axes if a in TOKENIZER_FIELDS])
     return df
 
@@ -250,12 +255,15 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     columns = _columns(df)
     groups = df.attrs.get("groups", {})
     subtasks = {t for sub in groups.values() for t in sub}
-    uninformative = [c.key for c in columns if c.chance is not None
-                     and not _lifted(values, ses, runs, c.key, c.chance, len(variants))]
-    # the averages: over the accuracies every variant has, groups as units (their subtasks left out),
-    # tasks at chance left out; per run, then over runs
+    items = df.attrs.get("items", {})
+    # an accuracy is uninformative when no variant is above chance; one without a chance level (an
+    # exact-match accuracy, as lambada's) when no variant is above 0
+    uninformative = [c.key for c in columns if (c.chance is not None or (c.kind == "task" and c.key.endswith("|acc")))
+                     and not _lifted(values, ses, runs, c.key, c.chance or 0.0, len(variants), items)]
+    # the averages: over the multiple-choice accuracies (those with a chance level) every variant has,
+    # groups as units (their subtasks left out), tasks at chance left out; per run, then over runs
     measured = [v for v in variants if runs[v]]
-    average_tasks = [c.key for c in columns if c.key.endswith("|acc") and c.kind == "task"
+    average_tasks = [c.key for c in columns if c.key.endswith("|acc") and c.kind == "task" and c.chance is not None
                      and c.key.split("|")[0] not in subtasks and c.key not in uninformative
                      and all(values.reindex(runs[v])[c.key].notna().any() for v in measured)]
     if average_tasks:
@@ -280,7 +288,8 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         for c in columns:
             got = values.reindex(runs[variant])[c.key] if c.key in values else pd.Series(dtype=float)
             se = ses.reindex(runs[variant])[c.key].dropna() if c.key in ses else pd.Series(dtype=float)
-            iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan)
+            iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan,
+                                items=_item_term(items, list(got.dropna().index), c.key))
             row.update({c.key: iv.mean, f"{c.key}|low": iv.low, f"{c.key}|high": iv.high, f"{c.key}|n": iv.n,
                         f"{c.key}|interval": iv.kind})
             if c.kind not in UNTESTED:
@@ -291,20 +300,55 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
                      uninformative=uninformative, average_tasks=average_tasks,
                      notes={k: v for k, v in notes.items() if v}, items=df.attrs.get("items", {}),
                      tokenizers=df.attrs.get("tokenizers", []),
-                     replicates={r: (int(s.seed), int(s.data_seed)) for r, s in status.iterrows()})
+                     replicates={r: (int(s.seed), int(s.data_seed)) for r, s in status.iterrows()},
+                     primary=df.attrs.get("primary"))
     return out
 
 
+def _item_matrix(items: dict[tuple[str, str], Items], names: list[str], task: str,
+                 ids: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(runs, items) per-item accuracies of the runs `names` on `task`, on the items they all
+    answered (or on `ids`), in doc order, with those items' clusters; (None, None) where a run kept
+    none."""
+    if not names or not all((r, task) in items for r in names):
+        return None, None
+    if ids is None:
+        ids = np.array(sorted(set.intersection(*(set(items[(r, task)].ids.tolist()) for r in names))))
+    if len(ids) < 2:
+        return None, None
+    rows, clusters = [], None
+    for r in names:
+        got = items[(r, task)]
+        order = np.argsort(got.ids)
+        at = order[np.searchsorted(got.ids[order], ids)]
+        rows.append(got.acc[at])
+        if got.cluster is not None:
+            clusters = got.cluster[at]
+    return np.vstack(rows), clusters
+
+
+def _item_term(items: dict[tuple[str, str], Items], names: list[str], key: str) -> tuple[float, int] | None:
+    """The item-set noise of the mean accuracy of runs `names` (stats.item_variance), for an
+    accuracy whose items every run kept; None otherwise (a loss, a perplexity, one run)."""
+    task, _, metric = key.partition("|")
+    if metric != "acc" or len(names) < 2:
+        return None
+    x, clusters = _item_matrix(items, names, task)
+    return None if x is None else stats.item_variance(x, clusters=clusters)
+
+
 def _lifted(values: pd.DataFrame, ses: pd.DataFrame, runs: dict[str, list[str]], key: str, chance: float,
-            n_variants: int) -> bool:
-    """Whether some variant's interval (Bonferroni over the variants) lies above chance."""
+            n_variants: int, items: dict[tuple[str, str], Items] | None = None) -> bool:
+    """Whether some variant's interval (item noise included; Bonferroni over the variants) lies
+    above chance."""
     if key not in values:
         return False
     level = 1 - stats.ALPHA / max(1, n_variants)
     for names in runs.values():
         got = values.reindex(names)[key].dropna()
         se = ses.reindex(names)[key].dropna() if key in ses else pd.Series(dtype=float)
-        iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got) == 1 and len(se) else math.nan, level)
+        iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got) == 1 and len(se) else math.nan, level,
+                            items=_item_term(items or {}, list(got.index), key))
         if math.isfinite(iv.low) and iv.low > chance:
             return True
     return False
@@ -336,20 +380,11 @@ def _paired_items(summary: pd.DataFrame, variant: str, key: str) -> tuple[np.nda
         return None, None
     items, runs = summary.attrs["items"], summary.attrs["runs"]
     both = runs[variant] + runs[summary.attrs["baseline"]]
-    if not both or not all((r, task) in items for r in both):
+    x, _ = _item_matrix(items, both, task)  # the items every run of both arms answered
+    if x is None:
         return None, None
     shared = np.array(sorted(set.intersection(*(set(items[(r, task)].ids.tolist()) for r in both))))
-    if len(shared) < 2:
-        return None, None
-    rows, clusters = [], None
-    for r in runs[variant]:
-        got = items[(r, task)]
-        order = np.argsort(got.ids)
-        at = order[np.searchsorted(got.ids[order], shared)]
-        rows.append(got.acc[at])
-        if got.cluster is not None:
-            clusters = got.cluster[at]
-    return np.vstack(rows), clusters
+    return _item_matrix(items, runs[variant], task, shared)
 
 
 def _replicates(summary: pd.DataFrame, variant: str) -> list[tuple[int, int]] | None:
@@ -360,13 +395,89 @@ def _replicates(summary: pd.DataFrame, variant: str) -> list[tuple[int, int]] | 
     return keys if None not in keys and len(set(keys)) == len(keys) else None
 
 
-def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each variant against the baseline, per metric (costs aside): the difference with its 95%
-    interval and p-value (stats.compare), Holm-adjusted over every test in the table that accounts
-    for training noise; `significant` is empty where none could be made (one run a side: the test
-    is item-only and its p is Holm-adjusted among the item-only tests, never marked)."""
+COMPARISON_COLUMNS = ["variant", "baseline", "metric", "family", "n_seeds", "n_seeds_baseline", "mean",
+                      "baseline_mean", "delta", "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "test"]
+
+
+def primary_family(summary: pd.DataFrame, primary: list[str] | None = None) -> list[str]:
+    """The metrics whose tests make the report's primary family: `primary` where an experiment
+    declares it (`report.primary`, or `primary=` to ablate-report), else validation loss (bits per
+    byte where tokenizers differ), each informative task's accuracy (raw, not chance-adjusted; an
+    lm-eval group as one task), and the extrapolation ratio at the longest length measured. A
+    declared metric that the table does not have is a ConfigError naming those it has."""
+    columns = summary.attrs["columns"]
+    ratio = _ratios(summary)
+    if primary:
+        valid = [c.key for c in columns if c.kind not in UNTESTED] + ([ratio[1]] if ratio else [])
+        for key in primary:
+            if key not in valid:
+                raise ConfigError("report.primary", key, "not a metric of this table", valid=valid)
+        return list(dict.fromkeys(primary))
+    subtasks = {t for sub in summary.attrs.get("groups", {}).values() for t in sub}
+    family = [c.key for c in columns if c.kind == "train"]
+    family += [c.key for c in columns if c.kind == "task" and c.key.endswith("|acc")
+               and c.key not in summary.attrs["uninformative"] and c.key.split("|")[0] not in subtasks]
+    return family + ([ratio[1]] if ratio else [])
+
+
+def _ratios(summary: pd.DataFrame) -> tuple[float, str, str, str] | None:
+    """(the longest extrapolation length measured, the ratio's metric key, the longest length's
+    perplexity key, 1x's) where an extrapolation suite ran; None otherwise."""
+    values = summary.attrs["values"]
+    lengths = {float(k.split("|")[0].removeprefix("extrapolation_").rstrip("x")): k for k in values.columns
+               if k.startswith("extrapolation_") and k.endswith("|perplexity") and values[k].notna().any()}
+    if 1.0 not in lengths or max(lengths) <= 1.0:
+        return None
+    longest = max(lengths)
+    return longest, f"extrapolation|ratio_{longest:g}x", lengths[longest], lengths[1.0]
+
+
+def _ratio_test(summary: pd.DataFrame, variant: str) -> dict[str, Any] | None:
+    """A variant's perplexity at the longest length over its perplexity at 1x, against 1 (no
+    change): per run the log ratio; its variance over runs, plus the windows' own (the evaluation
+    text's windows are items every run answers: each run's delta-method variance of the two log
+    perplexities, averaged over runs). Conditional on the evaluation text: a different held-out
+    text could move every variant's ratio."""
+    _, key, at_l, at_1 = _ratios(summary)
+    values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
+    got = values.reindex(runs[variant])[[at_l, at_1]].dropna()
+    if got.empty:
+        return None
+    logs = np.log(got[at_l] / got[at_1]).to_numpy()
+    se = ses.reindex(got.index)[[at_l, at_1]] if at_l in ses and at_1 in ses else None
+    windows = ((se[at_l] / got[at_l]) ** 2 + (se[at_1] / got[at_1]) ** 2).mean() if se is not None else math.nan
+    row = {"variant": variant, "baseline": "1 (no change)", "metric": key, "n_seeds": len(logs),
+           "n_seeds_baseline": math.nan, "mean": float(math.exp(logs.mean())), "baseline_mean": 1.0}
+    if len(logs) < 2:
+        return {**row, "delta": row["mean"] - 1, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
+                "decides": False, "test": "none: training noise unknown"}
+    parts = [(logs.var(ddof=1) / len(logs), len(logs) - 1)]
+    if math.isfinite(windows):
+        parts.append((float(windows), 10**6))  # hundreds of windows: normal
+    var = sum(p for p, _ in parts)
+    mean = float(logs.mean())
+    if var == 0:
+        p, half = (1.0 if mean == 0 else 0.0), 0.0
+    else:
+        df = var**2 / sum(q**2 / d for q, d in parts if q > 0)
+        p = float(2 * scipy_stats.t.sf(abs(mean) / math.sqrt(var), df))
+        half = float(scipy_stats.t.ppf(1 - stats.ALPHA / 2, df) * math.sqrt(var))
+    return {**row, "delta": math.exp(mean) - 1, "ci_low": math.exp(mean - half) - 1,
+            "ci_high": math.exp(mean + half) - 1, "p_value": p, "decides": True,
+            "test": "t over runs + windows, log ratio against 0" if len(parts) > 1 else "t over runs, log ratio"}
+
+
+def comparisons(summary: pd.DataFrame, primary: list[str] | None = None) -> pd.DataFrame:
+    """Each variant against the baseline, per metric (costs aside), and each variant's extrapolation
+    ratio against 1: the difference with its 95% interval and p-value (stats.compare).
+
+    `family` says which tests the marks come from: `primary` (primary_family; Holm's step-down
+    adjustment over exactly these sets `p_adjusted` and `significant`, and the verdict reads the
+    same rows), `exploratory` (every other test: its unadjusted p only, never marked), `item-only`
+    (one run a side: training noise unknown, never marked; p Holm-adjusted among these)."""
     base = summary.attrs["baseline"]
     values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
+    family = primary_family(summary, primary if primary is not None else summary.attrs.get("primary"))
     rows = []
     for variant in summary.index:
         if variant == base:
@@ -393,34 +504,43 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
                          "n_seeds_baseline": int(b.notna().sum()), "mean": v.mean(), "baseline_mean": b.mean(),
                          "delta": result.delta, "ci_low": result.low, "ci_high": result.high,
                          "p_value": result.p_value, "decides": result.decides, "test": result.test})
-    out = pd.DataFrame(rows, columns=["variant", "baseline", "metric", "n_seeds", "n_seeds_baseline", "mean",
-                                      "baseline_mean", "delta", "ci_low", "ci_high", "p_value", "decides", "test"])
+    if _ratios(summary):
+        rows += [r for r in (_ratio_test(summary, v) for v in summary.index) if r is not None]
+    out = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c not in ("family", "p_adjusted", "significant")]
+                       + ["decides"])
+    out["family"] = ["item-only" if not d else "primary" if m in family else "exploratory"
+                     for m, d in zip(out.metric, out.decides)]
     out["p_adjusted"] = math.nan
-    for decides in (True, False):
-        part = out.decides == decides
+    for name in ("primary", "item-only"):
+        part = out.family == name
         out.loc[part, "p_adjusted"] = stats.holm(out.loc[part, "p_value"].tolist())
-    out["significant"] = [bool(p < stats.ALPHA) if d and math.isfinite(p) else None
-                          for p, d in zip(out.p_adjusted, out.decides)]
-    tests = int((out.decides & out.p_value.notna()).sum())
-    out = out[["variant", "baseline", "metric", "n_seeds", "n_seeds_baseline", "mean", "baseline_mean", "delta",
-               "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "test"]].copy()
-    out.attrs["tests"] = tests
+    out["significant"] = [bool(p < stats.ALPHA) if f == "primary" and math.isfinite(p) else None
+                          for p, f in zip(out.p_adjusted, out.family)]
+    out = out[COMPARISON_COLUMNS].copy()
+    out.attrs["tests"] = int(((out.family == "primary") & out.p_value.notna()).sum())
+    out.attrs["family"] = family
     return out
 
 
 def noise(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """Per metric: the SD of a run's value over runs of one variant (pooled over variants), split
     into init-seed, data-order and residual parts where a variant's runs cross two or more seeds of
-    each; the item-level SD of the eval (lm-eval's stderr); the signal-to-noise ratio (the SD of
-    the variants' means over the run SD); and the smallest difference the runs per variant could
-    detect at 5% with 80% power."""
+    each; the item-level SD of one run's value; the signal-to-noise ratio (the SD of the variants'
+    true means, estimated as the spread of their means less what run noise alone gives, floored
+    at 0, over the run SD: 0 where noise explains the spread); and the smallest difference the
+    runs per variant find with 80% power by the report's test (paired where the arms pair) at the
+    Holm-adjusted level of the primary family's first step. df_init / df_data: the degrees of
+    freedom of the init and data-order parts (levels - 1, summed over variants)."""
     values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
     seeds = df.drop_duplicates("run").set_index("run")[["seed", "data_seed"]]
+    comps = comparisons(summary) if len(summary) > 1 else None
+    tests = comps.attrs["tests"] if comps is not None else 1
+    paired = comps is not None and comps.test.str.startswith("paired over replicates").any()
     rows = []
     for c in summary.attrs["columns"]:
         if c.kind in UNTESTED or c.key not in values:
             continue
-        variances, dfs, components, means = [], [], [], []
+        variances, dfs, components, means, grid_dfs = [], [], [], [], [0, 0]
         for names in runs.values():
             got = values.reindex(names)[c.key].dropna()
             if len(got):
@@ -430,103 +550,143 @@ def noise(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
                 dfs.append(len(got) - 1)
                 grid = pd.DataFrame({"v": got, **seeds.reindex(got.index)}).pivot_table(
                     index="seed", columns="data_seed", values="v", aggfunc="mean")
-                if grid.shape[0] >= 2 and grid.shape[1] >= 2:
+                if grid.shape[0] >= 2 and grid.shape[1] >= 2 and np.isfinite(grid.to_numpy()).all():
                     components.append(stats.noise_components(grid.to_numpy()))
+                    grid_dfs = [grid_dfs[0] + grid.shape[0] - 1, grid_dfs[1] + grid.shape[1] - 1]
         sd = math.sqrt(np.average(variances, weights=dfs)) if variances else math.nan
         k = min((len(values.reindex(n)[c.key].dropna()) for n in runs.values()), default=0)
         item = ses[c.key].dropna() if c.key in ses else pd.Series(dtype=float)
         parts = {name: math.sqrt(np.mean([getattr(x, name) ** 2 for x in components])) if components else math.nan
                  for name in ("sd_init", "sd_data", "sd_residual")}
         rows.append({"metric": c.key, "runs_per_variant": k, "sd_runs": sd, **parts,
+                     # what each source's SD rests on: 2 (a 3 x 3 grid) shows a source, it cannot rank them
+                     "df_init": grid_dfs[0] if components else math.nan,
+                     "df_data": grid_dfs[1] if components else math.nan,
                      "sd_items": math.sqrt((item**2).mean()) if len(item) else math.nan,
-                     "snr": np.std(means, ddof=1) / sd if len(means) >= 2 and sd > 0 else math.nan,
-                     "mde": stats.mde(sd, k)})
+                     # the spread of the variants' means less what run noise alone gives them (sd^2 / k)
+                     "snr": math.sqrt(max(0.0, np.var(means, ddof=1) - sd**2 / k)) / sd
+                     if len(means) >= 2 and sd > 0 and k else math.nan,
+                     "mde": stats.mde(sd, k, tests=max(1, tests), paired=paired, item_var=_item_var_of_differences(
+                         summary, c.key), sd_diff=_sd_of_differences(summary, c.key) if paired else None)})
     return pd.DataFrame(rows)
 
 
+def _item_var_of_differences(summary: pd.DataFrame, key: str) -> float:
+    """The item-set variance of a difference to the baseline (stats.item_variance), averaged over
+    the variants; 0 for a metric without per-item results."""
+    found = []
+    for variant in summary.index:
+        if variant == summary.attrs["baseline"]:
+            continue
+        v, clusters = _paired_items(summary, variant, key)
+        b, _ = _paired_items(summary, summary.attrs["baseline"], key)
+        if v is not None and b is not None:
+            found.append(stats.item_variance(v, b, clusters)[0])
+    return float(np.mean(found)) if found else 0.0
+
+
+def _sd_of_differences(summary: pd.DataFrame, key: str) -> float | None:
+    """The SD of the per-replicate differences to the baseline, pooled over the variants whose
+    replicates pair with the baseline's (what a paired test's power rests on); None without any."""
+    values, runs, base = summary.attrs["values"], summary.attrs["runs"], summary.attrs["baseline"]
+    keys_b = _replicates(summary, base)
+    if keys_b is None or key not in values:
+        return None
+    b = dict(zip(keys_b, values.reindex(runs[base])[key]))
+    variances, dfs = [], []
+    for variant in summary.index:
+        keys_v = _replicates(summary, variant)
+        if variant == base or keys_v is None or set(keys_v) != set(keys_b):
+            continue
+        d = (values.reindex(runs[variant])[key].to_numpy() - np.array([b[k] for k in keys_v]))
+        d = d[np.isfinite(d)]
+        if len(d) >= 2:
+            variances.append(d.var(ddof=1))
+            dfs.append(len(d) - 1)
+    return math.sqrt(np.average(variances, weights=dfs)) if variances else None
+
+
 def verdict(summary: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
-    """In plain words, per main metric: the variants ranked, those the data cannot separate
-    grouped (pairwise Welch over runs, Holm-adjusted within the metric); with one run per
-    variant, only their order, and that training noise is unknown."""
-    values, runs = summary.attrs["values"], summary.attrs["runs"]
+    """In plain words, per metric of the primary family: each variant against the baseline, from
+    exactly the rows of `comps` that set the table's marks (the same test, the same Holm-adjusted
+    p): better or worse where marked, not separable otherwise; the extrapolation ratio against 1.
+    With one run per variant, only the order, and that training noise is unknown. Metrics outside
+    the family get no verdict (they are exploratory)."""
+    values, runs, base = summary.attrs["values"], summary.attrs["runs"], summary.attrs["baseline"]
+    columns = {c.key: c for c in summary.attrs["columns"]}
     lines = []
-    for c in _verdict_columns(summary):
-        have = {v: values.reindex(runs[v])[c.key].dropna() for v in summary.index}
+    for key in comps.attrs.get("family", []):
+        rows = comps[comps.metric == key]
+        if key.startswith("extrapolation|ratio_"):
+            line = extrapolation_verdict(summary, comps)
+            if line:
+                lines.append(line)
+            continue
+        c = columns[key]
+        have = {v: values.reindex(runs[v])[key].dropna() for v in summary.index} if key in values else {}
         have = {v: x for v, x in have.items() if len(x)}
-        if len(have) < 2:
+        if len(have) < 2 or base not in have:
             continue
-        order = sorted(have, key=lambda v: have[v].mean(), reverse=c.higher_is_better)
         direction = "higher is better" if c.higher_is_better else "lower is better"
-        named = {v: f"`{v}` ({_fmt(x.mean())})" for v, x in have.items()}
-        if min(len(x) for x in have.values()) < 2:
+        order = sorted(have, key=lambda v: have[v].mean(), reverse=c.higher_is_better)
+        if min(len(x) for x in have.values()) < 2 or not (rows.family == "primary").any():
+            named = ", ".join(f"`{v}` ({_fmt(have[v].mean())})" for v in order)
             lines.append(f"**{c.label}** ({direction}): one run per variant, so training noise is unknown and no "
-                         f"difference can be called real. By value: {', '.join(named[v] for v in order)}.")
+                         f"difference can be called real. By value: {named}.")
             continue
-        pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
-        p = stats.holm([stats.compare(have[a].to_numpy(), have[b].to_numpy()).p_value for a, b in pairs])
-        apart = {pair: q < stats.ALPHA for pair, q in zip(pairs, p)}
-        groups: list[list[str]] = []
+        by = {r.variant: r for r in rows.itertuples()}
+        better, worse, level = [], [], []
         for v in order:
-            if groups and not apart[(groups[-1][0], v)]:
-                groups[-1].append(v)
-            else:
-                groups.append([v])
-        words = [("best: " if i == 0 else "then: ") + " = ".join(named[v] for v in g) for i, g in enumerate(groups)]
-        tied = "; variants joined by = cannot be told apart" if any(len(g) > 1 for g in groups) else ""
-        # a group is cut where a variant is apart from the group's first; it may still be close to the others
-        across = [f"`{a}` and `{b}`" for i, g in enumerate(groups[:-1]) for a in g for b in groups[i + 1]
-                  if not apart[(a, b)]]
-        tied += f"; nor can {', '.join(across)}, in groups next to each other" if across else ""
+            r = by.get(v)
+            if v == base or r is None:
+                continue
+            text = f"`{v}` {_fmt(r.mean)} ({r.delta:+.3g}{'*' if r.significant else ''}, p_adj {_p(r.p_adjusted)})"
+            up = (r.delta > 0) == c.higher_is_better
+            (better if r.significant and up else worse if r.significant else level).append(text)
         k = sorted({len(x) for x in have.values()})
         runs_each = f"{k[0]} runs each" if len(k) == 1 else f"{k[0]} to {k[-1]} runs each"
-        lines.append(f"**{c.label}** ({direction}, {runs_each}): {'; '.join(words)}{tied} "
-                     f"(pairwise Welch over runs, Holm-adjusted, 5%).")
-    held = extrapolation_verdict(summary)
-    return [*lines, held] if held else lines
+        parts = ([f"better: {', '.join(better)}"] if better else []) + ([f"worse: {', '.join(worse)}"] if worse else [])
+        parts += [f"not separable: {', '.join(level)}"] if level else []
+        lines.append(f"**{c.label}** ({direction}, {runs_each}; against `{base}` {_fmt(have[base].mean())}): "
+                     + "; ".join(parts) + ".")
+    return lines
 
 
-def extrapolation_verdict(summary: pd.DataFrame) -> str | None:
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+def extrapolation_verdict(summary: pd.DataFrame, comps: pd.DataFrame | None = None) -> str | None:
     """Which variants hold their perplexity beyond the training length: per run, perplexity at the
     longest length measured over perplexity at 1x; per variant, the geometric mean of that ratio
-    with its 95% interval (t over runs on the log ratio), and whether it differs from 1 (t-test,
-    Holm-adjusted over the variants). None without an extrapolation suite."""
-    values, runs, notes = summary.attrs["values"], summary.attrs["runs"], summary.attrs["notes"]
-    lengths = {float(k.split("|")[0].removeprefix("extrapolation_").rstrip("x")): k for k in values.columns
-               if k.startswith("extrapolation_") and k.endswith("|perplexity") and values[k].notna().any()}
-    if 1.0 not in lengths or max(lengths) <= 1.0:
+    with its 95% interval (runs and the evaluation text's windows, _ratio_test), and whether it
+    differs from 1, from the same rows of `comps` as the marks (Holm over the primary family where
+    the ratio is in it). None without an extrapolation suite."""
+    found = _ratios(summary)
+    if found is None:
         return None
-    longest, key, at_1x = max(lengths), lengths[max(lengths)], lengths[1.0]
-    ratios = {v: np.log(values.reindex(runs[v])[key] / values.reindex(runs[v])[at_1x]).dropna().to_numpy()
-              for v in summary.index}
-    tested = [v for v, r in ratios.items() if len(r) >= 2]
-    p = dict(zip(tested, stats.holm([stats.one_sample_p(ratios[v]) for v in tested])))
+    longest, key, at_l, _ = found
+    comps = comparisons(summary) if comps is None else comps
+    by = {r.variant: r for r in comps[comps.metric == key].itertuples()}
+    notes = summary.attrs["notes"]
+    primary = (comps[comps.metric == key].family == "primary").any()
     parts = []
-    for v in sorted(summary.index, key=lambda v: ratios[v].mean() if len(ratios[v]) else math.inf):
-        r = ratios[v]
-        if not len(r):
-            why = notes.get((v, key), "no value")
+    for v in sorted(summary.index, key=lambda v: by[v].mean if v in by else math.inf):
+        r = by.get(v)
+        if r is None:
+            why = notes.get((v, at_l), "no value")
             parts.append(f"`{v}`: not measured at {longest:g}x ({why})")
-        elif len(r) == 1:
-            parts.append(f"`{v}` {_fmt(math.exp(r[0]))} (one run: no interval)")
+        elif r.n_seeds < 2:
+            parts.append(f"`{v}` {_fmt(r.mean)} (one run: no interval)")
         else:
-            iv = stats.interval(r)
-            word = ("no change detected" if p[v] >= stats.ALPHA else "worse" if r.mean() > 0 else "better")
-            parts.append(f"`{v}` {_fmt(math.exp(iv.mean))} [{_fmt(math.exp(iv.low))}, {_fmt(math.exp(iv.high))}] "
-                         f"{word}")
+            p = r.p_adjusted if primary else r.p_value
+            word = "no change detected" if p >= stats.ALPHA else "worse" if r.mean > 1 else "better"
+            mark = "*" if r.significant else ""
+            parts.append(f"`{v}` {_fmt(r.mean)} [{_fmt(r.ci_low + 1)}, {_fmt(r.ci_high + 1)}] {word}{mark}")
+    how = ("Holm-adjusted over the primary family" if primary else "exploratory: unadjusted")
     return (f"**extrapolation** (perplexity at {longest:g}x the training length over perplexity at 1x, per run; "
-            f"geometric mean [95% interval] over runs; worse / better: differs from 1, t-test Holm-adjusted over "
-            f"variants, 5%): " + "; ".join(parts) + ".")
-
-
-def _verdict_columns(summary: pd.DataFrame) -> list[Column]:
-    """val_loss, the averages, each informative task, and the longest extrapolation length measured."""
-    cols = [c for c in summary.attrs["columns"] if c.kind in ("train", "average")
-            or (c.kind == "task" and c.key not in summary.attrs["uninformative"]
-                and c.key.split("|")[0] not in {t for sub in summary.attrs.get("groups", {}).values() for t in sub})]
-    extra = [c for c in summary.attrs["columns"] if c.kind == "extrapolation" and summary[c.key].notna().any()]
-    if extra:
-        cols.append(max(extra, key=lambda c: float(c.key.split("|")[0].split("_")[-1].rstrip("x"))))
-    return cols
+            f"geometric mean [95% interval from the runs and the evaluation text's windows, conditional on that "
+            f"text] over runs; worse / better: differs from 1, {how}, 5%): " + "; ".join(parts) + ".")
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -599,27 +759,33 @@ def render(summary: pd.DataFrame, comps: pd.DataFrame, noise_table: pd.DataFrame
         shown = noise_table.set_index("metric").map(_fmt)
         shown.index = shown.index.str.replace("|", "\\|")  # a metric key names its task: task|metric
         lines += ["", "## Noise per metric", "", shown.to_markdown()]
-    lines += ["", _legend(base, comps.attrs.get("tests", 0), one_run, summary)]
+    lines += ["", _legend(base, comps.attrs.get("tests", 0), one_run, summary, comps.attrs.get("family", []))]
     return "\n".join(x for x in lines if x is not None).lstrip() + "\n", full
 
 
-def _legend(base: str, tests: int, one_run: bool, summary: pd.DataFrame) -> str:
+def _legend(base: str, tests: int, one_run: bool, summary: pd.DataFrame, family: list[str] = ()) -> str:
     averaged = ", ".join(k.split("|")[0].removeprefix("ablate_") for k in summary.attrs["average_tasks"]) or "none"
+    named = ", ".join(k.replace("|", " ") for k in family) or "none"
     text = (f"Each cell: the mean over completed runs ± the half-width of its 95% interval (t over runs, k - 1 "
-            f"degrees of freedom), then (the difference to the baseline `{base}`). ")
+            f"degrees of freedom; for an accuracy, widened by the noise of its item set, counted once: "
+            f"`interval` in table.csv says which), then (the difference to the baseline `{base}`). ")
     if one_run:
-        text += ("With one run of a variant, training noise is unknown: its interval is item-only (lm-eval's "
-                 "item-level error) and no difference is marked; comparisons.csv has the item-only tests "
-                 "(McNemar for accuracies). ")
-    text += (f"* marks a difference that survives seed noise and multiple comparisons: Welch's t over runs (plus "
-             f"the item-set noise of the paired difference for accuracies), Holm-adjusted p < 0.05 over the "
-             f"{tests} tests of this table. Averages are per run, over the accuracies every variant has ({averaged}; "
-             f"lm-eval groups count once, tasks at chance are left out), then over runs; chance-adj. is "
-             f"(acc - chance) / (1 - chance). [without ...] names the runs a cell leaves out: failed, diverged, "
-             f"interrupted or missing runs, and completed runs whose evaluation is stale or absent. Noise: SD of a "
-             f"run over runs of one variant (by source where seeds x data seeds cross), SD items = lm-eval's "
-             f"stderr, SNR = SD of the variants' means / SD runs, MDE = the smallest difference the runs per "
-             f"variant detect at 5% with 80% power.")
+        text += ("With one run of a variant, training noise is unknown: its interval is item-only (the item-level "
+                 "error, clustered where items share a context) and no difference is marked; comparisons.csv has "
+                 "the item-only tests (McNemar for accuracies). ")
+    text += (f"* marks a difference in the primary family ({named}) that survives seed noise and multiple "
+             f"comparisons: over runs (paired over replicates where the arms share their (init seed, data order) "
+             f"pairs, else Welch's t; plus the item-set noise of the paired difference for accuracies), "
+             f"Holm-adjusted p < 0.05 over the family's {tests} tests; the verdict reads the same tests. Every other "
+             f"difference is exploratory: comparisons.csv gives its unadjusted p, and it is never marked. Averages "
+             f"are per run, over the multiple-choice accuracies every variant has ({averaged}; lm-eval groups count "
+             f"once, tasks at chance are left out), then over runs; chance-adj. is (acc - chance) / (1 - chance). "
+             f"[without ...] names the runs a cell leaves out: failed, diverged, interrupted or missing runs, and "
+             f"completed runs whose evaluation is stale or absent. Noise: SD of a run over runs of one variant (by "
+             f"source where seeds x data seeds cross, with the degrees of freedom each part rests on), SD items = "
+             f"the item-level error of one run, SNR = the SD of the variants' true means (their spread less what "
+             f"run noise alone gives, floored at 0) over the run SD, MDE = the smallest difference the runs per "
+             f"variant find with 80% power at the family's Holm-adjusted level.")
     return text
 
 
@@ -775,7 +941,8 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, comps: p
         ax.tick_params(axis="x", rotation=30)
         paths.append(_save(fig, out / "scores.png", note))
 
-    cols = [c for c in _verdict_columns(summary) if (comps.metric == c.key).any()]
+    family = comps.attrs.get("family", [])  # the forest plot shows the primary family's differences
+    cols = [c for c in summary.attrs["columns"] if c.key in family and (comps.metric == c.key).any()]
     if cols:
         fig, axes = plt.subplots(len(cols), 1, figsize=(7, 1.2 + 1.1 * len(cols) * max(1, len(summary) - 1) ** 0.5),
                                  squeeze=False)
@@ -791,7 +958,7 @@ def plot(experiment_dir: Path, df: pd.DataFrame, summary: pd.DataFrame, comps: p
             ax.set_yticks(y, part.variant)
             better = "right" if c.higher_is_better else "left"
             ax.set_title(f"{c.label}: difference to {summary.attrs['baseline']} ({better} is better; red: "
-                         f"significant)", fontsize=9)
+                         f"marked, Holm over the primary family)", fontsize=9)
         paths.append(_save(fig, out / "deltas.png", note))
     live = live_curves(experiment_dir, runs)
     if not live.empty:
@@ -855,9 +1022,10 @@ def _save(fig, path: Path, note: str = "") -> Path:
 
 # ---- writing ------------------------------------------------------------------------------------
 def report(experiment_dir: str | Path, baseline: str | None = None,
-           target_flops: float | None = None) -> dict[str, Path]:
+           target_flops: float | None = None, primary: list[str] | None = None) -> dict[str, Path]:
     """Build the verdict, tables and plots of an experiment (and, for a ladder, its fits and
-    decisions: ablate.ladder, predicting at `target_flops`); returns the files written."""
+    decisions: ablate.ladder, predicting at `target_flops`); returns the files written. `primary`:
+    the primary family's metrics, over what the experiment declares (`report.primary`)."""
     experiment = ExperimentDir(experiment_dir)
     df = collect(experiment.path)
     out = experiment.report_dir
@@ -870,6 +1038,8 @@ def report(experiment_dir: str | Path, baseline: str | None = None,
     for run in df[(df.task == "eval") & (df.metric == "missing") & (df.status == "completed")].run.unique():
         warnings.warn(f"{run}: no evaluation of its final checkpoint", stacklevel=2)
     summary = summarize(df, baseline)
+    if primary:
+        summary.attrs["primary"] = primary
     comps = comparisons(summary)
     noise_table = noise(summary, df)
     count = f"{len(summary)} variant" + ("s" if len(summary) != 1 else "")
@@ -970,7 +1140,7 @@ def markdown_html(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     def body(argv: list[str]) -> int:
-        args = key_values(argv, ("experiment", "path", "results_dir", "baseline", "target_flops"))
+        args = key_values(argv, ("experiment", "path", "results_dir", "baseline", "target_flops", "primary"))
         root = Path(args.get("results_dir", "results"))
         if "experiment" not in args and "path" not in args:
             raise ConfigError("argument", sorted(args), "say experiment=NAME or path=DIR")
@@ -982,7 +1152,8 @@ def main(argv: list[str] | None = None) -> int:
             target_flops = float(args["target_flops"]) if "target_flops" in args else None
         except ValueError:
             raise ConfigError("target_flops", args["target_flops"], "must be a number of FLOPs, e.g. 1e21") from None
-        for name, path in report(target, args.get("baseline"), target_flops).items():
+        primary = [k for k in args["primary"].split(",") if k] if "primary" in args else None
+        for name, path in report(target, args.get("baseline"), target_flops, primary).items():
             print(f"{name}: {path}")
         return 0
 

@@ -13,7 +13,10 @@ value of a metric is measured on a set of eval items that every variant shares.
     cluster_se(x, clusters)      the standard error of a mean over items that come in clusters
     holm(p)                      Holm's step-down adjustment over every test of a table
     noise_components(grid)       init-seed, data-order and residual SDs from a seeds x data-seeds grid
-    mde(sd, k)                   the smallest difference k runs a side detect at 5% with 80% power
+    item_variance(items, ...)    the item-set noise of a mean or paired difference, counted once
+    power(delta, sd, k, ...)     the probability the report's test marks a true difference (noncentral t)
+    mde(sd, k, ...)              the smallest difference k runs a side detect with 80% power, at the
+                                 family's Holm-adjusted level; replicates_needed the k for a difference
 
 Spikes (counted by training, described by the report): a step's loss above LOSS_SPIKE x, or its
 gradient norm above GRAD_SPIKE x, the median of the SPIKE_WINDOW steps before it (counted once
@@ -26,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, optimize, stats
 
 ALPHA = 0.05
 LOSS_SPIKE, GRAD_SPIKE, SPIKE_WINDOW, SPIKE_MIN_HISTORY = 1.2, 5.0, 50, 10
@@ -41,9 +44,12 @@ class Interval:
     kind: str  # "t over runs", "item-only", or "" when no interval can be given
 
 
-def interval(values: np.ndarray, item_se: float = math.nan, level: float = 0.95) -> Interval:
+def interval(values: np.ndarray, item_se: float = math.nan, level: float = 0.95,
+             items: tuple[float, int] | None = None) -> Interval:
     """The mean of a metric over runs with its interval: t over runs (k - 1 degrees of freedom)
-    with two or more runs; with one run, the item-level interval (normal, from the eval's own
+    with two or more runs, widened by the item-set noise where `items` gives it (its variance and
+    the number of independent units it rests on, as `item_variance` returns; Satterthwaite's
+    degrees of freedom); with one run, the item-level interval (normal, from the eval's own
     standard error) labelled item-only; none without either."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
@@ -52,8 +58,13 @@ def interval(values: np.ndarray, item_se: float = math.nan, level: float = 0.95)
         return Interval(math.nan, math.nan, math.nan, 0, "")
     mean = float(values.mean())
     if k >= 2:
-        half = stats.t.ppf(0.5 + level / 2, k - 1) * values.std(ddof=1) / math.sqrt(k)
-        return Interval(mean, mean - half, mean + half, k, "t over runs")
+        parts = [(values.var(ddof=1) / k, k - 1)]
+        if items is not None and math.isfinite(items[0]):
+            parts.append(items)
+        var = sum(p for p, _ in parts)
+        df = var**2 / sum(p**2 / d for p, d in parts if p > 0) if var > 0 else k - 1
+        half = stats.t.ppf(0.5 + level / 2, df) * math.sqrt(var)
+        return Interval(mean, mean - half, mean + half, k, "t over runs + items" if len(parts) > 1 else "t over runs")
     if math.isfinite(item_se):
         half = stats.norm.ppf(0.5 + level / 2) * item_se
         return Interval(mean, mean - half, mean + half, 1, "item-only")
@@ -84,7 +95,8 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
             items_baseline: np.ndarray | None = None, se_variant: float = math.nan,
             se_baseline: float = math.nan, paired_runs: bool = False,
             clusters: np.ndarray | None = None) -> Comparison:
-    """Variant against baseline for one metric.
+    """Variant against baseline for one metric: `compare(values_variant, values_baseline,
+    items_variant, items_baseline).p_value` is the test the report's marks come from.
 
     variant, baseline: the metric per run. paired_runs: the two arrays are aligned replicate by
     replicate (run k of both arms shares its init seed and data order). items_*: per-item results
@@ -95,8 +107,9 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
     Two or more runs on both sides: Student's t on the per-replicate differences where paired
     (k - 1 degrees of freedom: what the arms share, a data order, cancels), else Welch's t over
     runs; plus, where per-item results exist, the item-set sampling variance of the paired
-    difference over clusters (the items are one sample that every run answers, so seed-to-seed
-    spread cannot show it), with Satterthwaite's degrees of freedom. Otherwise training noise is
+    difference (`item_variance`: the items are one sample that every run answers, so seed-to-seed
+    spread cannot show it; the part it can show is subtracted, so item noise counts once), with
+    Satterthwaite's degrees of freedom. Otherwise training noise is
     unknown: an item-only comparison (McNemar's exact test on the discordant items for accuracies,
     a normal test over clusters where items cluster, else a normal interval from the two standard
     errors) is reported, and `decides` is False."""
@@ -116,9 +129,7 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
         else:
             parts = [(v.var(ddof=1) / len(v), len(v) - 1), (b.var(ddof=1) / len(b), len(b) - 1)]
         if paired:
-            diff = np.asarray(items_variant, float).mean(0) - np.asarray(items_baseline, float).mean(0)
-            se, groups = _cluster_se(diff, clusters)
-            parts.append((se**2, groups - 1))
+            parts.append(item_variance(items_variant, items_baseline, clusters))
         var = sum(p for p, _ in parts)
         runs = "paired over replicates" if paired_runs else "welch over runs"
         test = runs + (" + paired items" if paired else "")
@@ -147,6 +158,42 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
     half = stats.norm.ppf(1 - ALPHA / 2) * se
     p = float(2 * stats.norm.sf(abs(delta) / se))
     return Comparison(delta, delta - half, delta + half, p, "item-only, unpaired", False)
+
+
+def item_variance(items: np.ndarray, items_baseline: np.ndarray | None = None,
+                  clusters: np.ndarray | None = None) -> tuple[float, int]:
+    """The item-set sampling variance of an arm's mean over items (or, with `items_baseline`, of the
+    paired difference of two arms' means), counted once: (variance, degrees of freedom).
+
+    items: (runs, items) per-item results of runs that all answer the same items; clusters: per
+    item, the context it shares with others (each item its own where None). The spread of the
+    per-item mean over items, (G / (G - 1)) sum_u R_u^2 / n^2 over the G units (R_u: a unit's sum
+    of residuals), holds two things: how much the items differ (which a new item set would
+    redraw, and no number of runs shows) and each run's own item-level noise (the within-arm
+    part, sum_u var_r(S_ru) / k over an arm's k runs, S_ru a run's sum of residuals over the unit). The second is
+    already in the run-to-run spread of the means, so it is subtracted; the result is floored at 0.
+    An arm of one run has no within part to subtract (nothing else can then be added either)."""
+    arms = [np.asarray(items, dtype=float)] + ([] if items_baseline is None else [np.asarray(items_baseline, float)])
+    signs = [1.0, -1.0]
+    d = sum(sign * a.mean(0) for sign, a in zip(signs, arms))
+    n = len(d)
+    if clusters is None:
+        index = np.arange(n)
+    else:
+        _, index = np.unique(np.asarray(clusters), return_inverse=True)
+    groups = int(index.max()) + 1 if n else 0
+    if groups < 2:
+        return math.nan, max(groups - 1, 1)
+    residual = np.bincount(index, weights=d - d.mean(), minlength=groups)
+    between = groups / (groups - 1) * float((residual**2).sum()) / n**2
+    within = 0.0
+    for a in arms:
+        if len(a) >= 2:
+            # a run's residuals: a run better on every item moves the mean, which the spread of
+            # means over runs already holds, and not the residuals the between part is made of
+            sums = np.stack([np.bincount(index, weights=row - row.mean(), minlength=groups) for row in a])
+            within += float(sums.var(axis=0, ddof=1).sum()) / len(a) / n**2
+    return max(0.0, between - within), groups - 1
 
 
 def cluster_se(x: np.ndarray, clusters: np.ndarray | None = None) -> float:
@@ -196,14 +243,74 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def mde(sd: float, k: int, alpha: float = ALPHA, power: float = 0.8) -> float:
-    """Minimum detectable difference between two arms of k runs each with run-to-run SD `sd`: a
-    two-sided test at `alpha` finds it with probability `power` ((t_{1-a/2} + t_power) sd sqrt(2/k),
-    2k - 2 degrees of freedom)."""
+def power(delta: float, sd: float, k: int, tests: int = 1, paired: bool = False, item_var: float = 0.0,
+          alpha: float = ALPHA, sd_diff: float | None = None) -> float:
+    """The probability that the report's test marks a true difference `delta` between two arms of k
+    runs each, run SD `sd`, item-set variance `item_var` of the difference, at alpha / tests (the
+    first, strictest step of Holm over a family of `tests`).
+
+    Paired over replicates: Student's t on k - 1 degrees of freedom with `sd_diff` the SD of the
+    per-replicate differences (2 sd^2 where not given): the noncentral t, integrated over the
+    chi-square of the variance estimate (exact where scipy's noncentral t gives up). Welch's: its
+    degrees of freedom are themselves estimated, so the power is averaged over POWER_DRAWS draws
+    of the two sample variances (fixed draws: a smooth function of delta)."""
     if k < 2 or not math.isfinite(sd):
         return math.nan
-    df = 2 * k - 2
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd * math.sqrt(2 / k))
+    level = alpha / tests
+    if paired:
+        df = k - 1
+        var = (sd_diff**2 if sd_diff is not None else 2 * sd**2) / k + item_var
+        if var <= 0:
+            return 1.0 if delta else level
+        ncp, crit = abs(delta) / math.sqrt(var), stats.t.ppf(1 - level / 2, df)
+
+        def marked(v: float) -> float:  # given the chi-square draw v of the variance estimate
+            scale = crit * math.sqrt(v / df)
+            return (stats.norm.sf(scale - ncp) + stats.norm.cdf(-scale - ncp)) * stats.chi2.pdf(v, df)
+
+        return float(min(1.0, integrate.quad(marked, 0, math.inf, limit=200)[0]))
+    chi = _welch_draws(k)
+    runs = sd**2 * chi / (k - 1) / k  # each arm's estimated variance of its mean, per draw
+    var = runs.sum(axis=1) + item_var
+    df = var**2 / ((runs**2).sum(axis=1) / (k - 1))
+    se = math.sqrt(2 * sd**2 / k + item_var)
+    crit = stats.t.ppf(1 - level / 2, df) * np.sqrt(var) / se  # the bar in units of the true SE
+    return float(np.mean(stats.norm.sf(crit - abs(delta) / se) + stats.norm.cdf(-crit - abs(delta) / se)))
+
+
+POWER_DRAWS = 20_000
+
+
+def _welch_draws(k: int) -> np.ndarray:
+    """(POWER_DRAWS, 2) chi-square draws on k - 1 degrees of freedom, the same for every call."""
+    return np.random.default_rng(k).chisquare(k - 1, size=(POWER_DRAWS, 2))
+
+
+def mde(sd: float, k: int, alpha: float = ALPHA, target: float = 0.8, tests: int = 1, paired: bool = False,
+        item_var: float = 0.0, sd_diff: float | None = None) -> float:
+    """Minimum detectable difference: the smallest true difference the report's test (see `power`)
+    marks with probability `target`, for two arms of k runs each with run SD `sd`."""
+    if k < 2 or not math.isfinite(sd) or sd <= 0:
+        return math.nan
+    args = (sd, k, tests, paired, item_var, alpha, sd_diff)
+    high = math.sqrt((sd_diff**2 if paired and sd_diff is not None else 2 * sd**2) / k + item_var)
+    if high == 0:  # the differences do not vary: any difference is seen
+        return 0.0
+    while power(high, *args) < target:  # bracket it: on few degrees of freedom at a small level it is many SEs
+        high *= 2
+        if high > 1e6 * sd:
+            return math.inf
+    return float(optimize.brentq(lambda d: power(d, *args) - target, 0.0, high))
+
+
+def replicates_needed(delta: float, sd: float, tests: int = 1, paired: bool = False, item_var: float = 0.0,
+                      target: float = 0.8, most: int = 1000, sd_diff: float | None = None) -> int | None:
+    """The fewest replicates an arm needs for the report's test to mark `delta` with probability
+    `target` (None: more than `most`)."""
+    for k in range(2, most + 1):
+        if power(delta, sd, k, tests, paired, item_var, sd_diff=sd_diff) >= target:
+            return k
+    return None
 
 
 @dataclass(frozen=True)

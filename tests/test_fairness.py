@@ -44,6 +44,12 @@ def test_every_shipped_experiment_plans_without_a_confound(experiment, tmp_path,
         and experiment != "distillation_teacher" else []
     plan = run_cli("ablate.train", "-m", f"+experiment={experiment}", f"results_dir={tmp_path}", *teacher, "--plan")
     assert confounds(plan.stdout) == [], plan.stdout
+    # a replicate is an (init seed, data order) pair, varied fastest: the first jobs span two data orders
+    name = yaml.safe_load((ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()).get("experiment")
+    jobs = [json.loads(line)["config"] for line in (tmp_path / name / "runs.jsonl").read_text().splitlines()]
+    if len(jobs) > 1:
+        assert [j["data"]["seed"] for j in jobs[:2]] in ([0, 1], [1, 0]), experiment
+        assert all(j["data"]["seed"] == j["seed"] for j in jobs) or experiment == "noise", experiment
 
 
 def test_unmatched_attention_arms_are_a_parameter_confound(tmp_path):

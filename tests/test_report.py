@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ablate.report import collect, comparisons, noise, plotted, render, report, 
 from ablate.rundir import RunDir
 
 from conftest import run_cli, tiny_overrides
+
+TASK_A = "task_a acc (chance 0.500)"  # the column of make_run's task, a two-choice one
 
 
 def make_run(root: Path, position: str, seed: int, status: str = "completed", acc: float | None = None,
@@ -42,7 +45,8 @@ def make_run(root: Path, position: str, seed: int, status: str = "completed", ac
         for length, value in (ppl or {}).items():
             results[f"extrapolation_{length}x"] = {"perplexity,none": value, "perplexity_stderr,none": 0.1}
         provenance = {"step": eval_step, "config_hash": RunDir(run).config_hash()}
-        (run / "eval" / "probes.json").write_text(json.dumps({"results": results, "provenance": provenance}))
+        (run / "eval" / "probes.json").write_text(json.dumps({"results": results, "provenance": provenance,
+                                                              "chance": {"task_a": {"acc": 0.5}}}))
     return run
 
 
@@ -97,10 +101,10 @@ def test_means_intervals_comparisons_and_failed_rows(experiment):
     assert pd.isna(sinusoidal.significant) and sinusoidal.test == "none: training noise unknown"
     text, full = render(s, comparisons(s), noise(s, collect(experiment)))
     assert text.startswith("## Verdict") and "Holm" in text and "`rope`" in text
-    assert full.loc["alibi", "task_a acc"].startswith("0.850 ± ")  # the interval's half-width, then the delta
-    assert "(+0.2)" in full.loc["alibi", "task_a acc"] and "*" not in full.loc["alibi", "task_a acc"]
-    assert full.loc["sinusoidal", "task_a acc"].endswith("[without 1 diverged]")  # the cell says what it lacks
-    assert full.loc["learned", "task_a acc"] in ("n/a (1 failed, 1 missing)", "n/a (1 missing, 1 failed)")
+    assert full.loc["alibi", TASK_A].startswith("0.850 ± ")  # the interval's half-width, then the delta
+    assert "(+0.2)" in full.loc["alibi", TASK_A] and "*" not in full.loc["alibi", TASK_A]
+    assert full.loc["sinusoidal", TASK_A].endswith("[without 1 diverged]")  # the cell says what it lacks
+    assert full.loc["learned", TASK_A] in ("n/a (1 failed, 1 missing)", "n/a (1 missing, 1 failed)")
 
 
 def test_replicates_that_share_init_seed_and_data_order_are_paired(tmp_path):
@@ -131,10 +135,12 @@ def test_report_files_and_warnings(experiment):
     table = pd.read_csv(written["csv"], index_col=0)
     assert table.loc["alibi", "extrapolation_4x|perplexity"] == pytest.approx(21.5)
     comps = pd.read_csv(written["comparisons"])
-    assert list(comps.columns) == ["variant", "baseline", "metric", "n_seeds", "n_seeds_baseline", "mean",
+    assert list(comps.columns) == ["variant", "baseline", "metric", "family", "n_seeds", "n_seeds_baseline", "mean",
                                    "baseline_mean", "delta", "ci_low", "ci_high", "p_value", "p_adjusted",
                                    "significant", "test"]
-    assert set(comps.variant) == {"alibi", "learned", "sinusoidal"} and (comps.baseline == "rope").all()
+    # every variant's extrapolation ratio is tested against 1, the baseline's too
+    assert set(comps.variant) == {"alibi", "learned", "sinusoidal", "rope"}
+    assert (comps[~comps.metric.str.startswith("extrapolation|ratio")].baseline == "rope").all()
     assert all(p.stat().st_size > 5000 for k, p in written.items() if p.suffix == ".png")
 
 
@@ -149,13 +155,16 @@ def test_chance_groups_and_averages(tmp_path):
             results["results"].update({"coin": {"acc,none": 0.5 + 0.01 * seed, "acc_stderr,none": 0.02},
                                        "grp": {"acc,none": 0.7, "acc_stderr,none": 0.01},
                                        "grp_sub": {"acc,none": 0.2, "acc_stderr,none": 0.01}})
-            results.update(chance={"task_a": {"acc": 0.25}, "coin": {"acc": 0.5}}, group_subtasks={"grp": ["grp_sub"]})
+            results.update(chance={"task_a": {"acc": 0.25}, "coin": {"acc": 0.5}, "grp_sub": {"acc": 0.1}},
+                           group_subtasks={"grp": ["grp_sub"]})
             (run / "eval" / "probes.json").write_text(json.dumps(results))
     s = summarize(collect(root))
     assert s.attrs["uninformative"] == ["coin|acc"]  # 0.50-0.52 against a chance of 0.5
     assert s.attrs["average_tasks"] == ["grp|acc", "task_a|acc"]  # not coin, not grp_sub
+    assert s.attrs["columns"][[c.key for c in s.attrs["columns"]].index("grp|acc")].chance == 0.1  # its subtasks'
     assert s.loc["rope", "average|acc"] == pytest.approx(np.mean([0.7, 0.91]))
-    assert s.loc["rope", "average|acc_chance_adj"] == pytest.approx(np.mean([0.7, (0.91 - 0.25) / 0.75]))
+    adjusted = [(0.7 - 0.1) / 0.9, (0.91 - 0.25) / 0.75]
+    assert s.loc["rope", "average|acc_chance_adj"] == pytest.approx(np.mean(adjusted))
     text, _ = render(s, comparisons(s), noise(s, collect(root)))
     assert "coin acc (chance 0.500, at chance: not averaged)" in text and "task_a acc (chance 0.250)" in text
     assert "grp_sub" not in text.split("## Main metrics")[1].split("\n\n")[1]  # subtasks: CSV and LaTeX only
@@ -190,7 +199,7 @@ def test_stale_evaluations_are_listed_never_averaged(tmp_path):
     assert s.loc["rope", "task_a|acc"] == pytest.approx(0.60) and s.loc["alibi", "task_a|acc"] == pytest.approx(0.70)
     assert s.loc["rope", "train|val_loss"] == pytest.approx(3.0)  # the runs themselves still count
     _, full = render(s, comparisons(s), noise(s, df))
-    assert full.loc["rope", "task_a acc"].endswith("[without 1 stale eval]")
+    assert full.loc["rope", TASK_A].endswith("[without 1 stale eval]")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report(root)
@@ -264,14 +273,20 @@ def test_extrapolation_verdict_says_which_variants_hold_with_intervals(tmp_path)
         make_run(root, "sinusoidal", seed, acc=0.6, ppl={1: 20.0, 8: sinusoidal})
         make_run(root, "learned", seed, acc=0.6, ppl={1: 21.0})
     line = extrapolation_verdict(summarize(collect(root)))
-    parts = {p.split("`")[1]: p for p in line.split(": ", 1)[1].rstrip(".").split("; ")}
+    parts = {p.split("`")[1]: p for p in line.split("5%): ", 1)[1].rstrip(".").split("; ")}
     assert list(parts) == ["alibi", "rope", "sinusoidal", "learned"]  # best held first
     assert "no change detected" in parts["alibi"] and "worse" in parts["rope"] and "worse" in parts["sinusoidal"]
+    # the interval: the runs' spread of the log ratio and the windows' own noise (each run's delta-method
+    # error of its two log perplexities, here stderr 0.1 at both lengths)
     ratios = np.log([26.0 / 20, 27.0 / 20, 26.5 / 20])
-    low = math.exp(ratios.mean() - scipy_stats.t.ppf(0.975, 2) * ratios.std(ddof=1) / math.sqrt(3))
+    windows = np.mean([(0.1 / x) ** 2 + (0.1 / 20) ** 2 for x in (26.0, 27.0, 26.5)])
+    var = ratios.var(ddof=1) / 3 + windows
+    df = var**2 / ((ratios.var(ddof=1) / 3) ** 2 / 2 + windows**2 / 10**6)
+    low = math.exp(ratios.mean() - scipy_stats.t.ppf(0.975, df) * math.sqrt(var))
     assert f"`rope` {math.exp(ratios.mean()):.3f} [{low:.3f}, " in parts["rope"]
     assert "not measured at 8x" in parts["learned"]
     assert line.startswith("**extrapolation** (perplexity at 8x the training length over perplexity at 1x")
+    assert "conditional on that text" in line
     # one run each: the ratio, and no claim
     one = tmp_path / "one"
     make_run(one, "alibi", 0, acc=0.6, ppl={1: 20.0, 2: 20.0})
@@ -283,18 +298,66 @@ def test_extrapolation_verdict_says_which_variants_hold_with_intervals(tmp_path)
     assert extrapolation_verdict(summarize(collect(no_extrapolation))) is None
 
 
-def test_verdict_groups_and_names_close_variants_across_groups(tmp_path):
-    """Groups are cut where a variant is apart from the group's first; a variant close to the next
-    group's members is named, so `then` never claims a separation the tests did not find."""
+def test_the_verdict_and_the_marks_are_one_computation(tmp_path):
+    """The verdict reads the rows that set the table's marks: a variant is called better or worse
+    exactly where its cell is starred, in the primary family only. The case that used to disagree:
+    4 arms, where the old verdict's pairwise tests (Holm within one metric, 6 pairs) and the old
+    table's family (Holm over every test) gave different answers for alibi."""
     from ablate.report import verdict
 
     root = tmp_path / "exp"
-    losses = {"rope": [3.00, 3.01, 3.02], "alibi": [3.0, 3.5, 4.0], "sinusoidal": [3.60, 3.61, 3.62],
-              "learned": [3.62, 3.63, 3.64]}
+    losses = {"learned": [3.40, 3.39, 3.41], "alibi": [3.35, 3.37, 3.33], "rope": [3.30, 3.31, 3.32],
+              "sinusoidal": [3.40, 3.42, 3.38]}
     for position, values in losses.items():
         for seed, loss in enumerate(values):
-            make_run(root, position, seed, acc=0.6, val_loss=loss)
+            make_run(root, position, seed, acc=0.6 + 0.01 * seed, val_loss=loss, data_seed=10 * seed + len(position))
+    summary = summarize(collect(root), baseline="learned")
+    comps = comparisons(summary)
+    assert comps.attrs["family"] == ["train|val_loss", "task_a|acc"]  # task_a is above chance
+    primary = comps[comps.family == "primary"]
+    assert comps.attrs["tests"] == len(primary) == 6 and comps[comps.family != "primary"].significant.isna().all()
+    (line,) = [v for v in verdict(summary, comps) if v.startswith("**val_loss**")]
+    said = {name: section.split(":")[0] for section in line.split("): ", 1)[1].rstrip(".").split("; ")
+            for name in re.findall(r"`(\w+)` \d", section)}
+    loss = primary[primary.metric == "train|val_loss"]
+    assert loss.significant.any() and not loss.significant.all()  # a case with both answers
+    for r in loss.itertuples():
+        assert said[r.variant] == ("better" if r.significant else "not separable"), (r.variant, line)
+        assert f"p_adj {r.p_adjusted:.2g}" in line or r.p_adjusted < 0.001
+    _, full = render(summary, comps, noise(summary, collect(root)))
+    for r in primary.itertuples():
+        cell = full.loc[r.variant, {"train|val_loss": "val_loss", "task_a|acc": TASK_A}[r.metric]]
+        assert ("*" in cell) == bool(r.significant), (r.variant, r.metric, cell)
+
+
+def test_a_declared_family_is_the_one_marked(tmp_path):
+    """report.primary (or primary= to ablate-report) replaces the default family; a metric the
+    table does not have is an error naming those it has."""
+    root = tmp_path / "exp"
+    for seed in range(3):
+        make_run(root, "rope", seed, acc=0.6 + 0.01 * seed, val_loss=3.0 + 0.01 * seed)
+        make_run(root, "alibi", seed, acc=0.7 + 0.01 * seed, val_loss=3.5 + 0.01 * seed)
     summary = summarize(collect(root))
-    (line,) = [v for v in verdict(summary, comparisons(summary)) if v.startswith("**val_loss**")]
-    assert "best: `rope` (3.010) = `alibi` (3.500); then: `sinusoidal` (3.610) = `learned` (3.630)" in line
-    assert "nor can `alibi` and `sinusoidal`, `alibi` and `learned`, in groups next to each other" in line
+    comps = comparisons(summary, primary=["task_a|acc"])
+    assert comps.attrs["family"] == ["task_a|acc"] and comps.attrs["tests"] == 1
+    assert comps.set_index("metric").loc["train|val_loss"].family == "exploratory"
+    with pytest.raises(ConfigError, match=r"report.primary='val_los': not a metric of this table \(valid: "):
+        comparisons(summary, primary=["val_los"])
+    out = run_cli("ablate.report", f"path={root}", "primary=task_a|acc")
+    assert "primary family (task_a acc)" in out.stdout
+
+
+def test_noise_by_source_says_what_it_rests_on(tmp_path):
+    """A 3 x 3 grid of init seeds and data orders: the split into sources is given with the 2
+    degrees of freedom each part rests on (enough to see a source, not to rank them)."""
+    root = tmp_path / "exp"
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        for data_seed in range(3):
+            run = make_run(root, "rope", seed, acc=0.6 + 0.02 * seed + 0.01 * data_seed + rng.normal(0, 0.002),
+                           data_seed=data_seed)
+            run.rename(run.with_name(f"rope-s{seed}-d{data_seed}"))
+    s = summarize(collect(root))
+    row = noise(s, collect(root)).set_index("metric").loc["task_a|acc"]
+    assert (row.runs_per_variant, row.df_init, row.df_data) == (9, 2, 2)
+    assert row.sd_init > row.sd_data > 0

@@ -71,3 +71,12 @@ def test_an_unknown_eval_task_stops_the_sweep_before_anything_runs(cache_dir, tm
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "nothing was launched" in out.stderr
     assert not (tmp_path / "default").exists()  # not even a run directory
+
+
+def test_plan_without_multirun_plans_and_trains_nothing(tmp_path):
+    """`ablate-train plan=true` (or `--plan`) without -m is the plan of that one job, never a run."""
+    for i, flag in enumerate(("plan=true", "--plan")):
+        out = run_cli("ablate.train", flag, f"results_dir={tmp_path / str(i)}")
+        assert "1 jobs" in out.stdout and "to run: 1 jobs" in out.stdout
+        run = tmp_path / str(i) / "default" / "default-rope-mha-rmsnorm-pre-swiglu-s0"
+        assert not run.exists() or not any(run.iterdir())
