@@ -395,6 +395,8 @@ def _replicates(summary: pd.DataFrame, variant: str) -> list[tuple[int, int]] | 
     return keys if None not in keys and len(set(keys)) == len(keys) else None
 
 
+ARGUMENTS = ("experiment", "path", "results_dir", "baseline", "target_flops", "primary")  # of ablate-report
+
 COMPARISON_COLUMNS = ["variant", "baseline", "metric", "family", "n_seeds", "n_seeds_baseline", "mean",
                       "baseline_mean", "delta", "ci_low", "ci_high", "p_value", "p_adjusted", "significant", "test"]
 
@@ -1140,7 +1142,7 @@ def markdown_html(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     def body(argv: list[str]) -> int:
-        args = key_values(argv, ("experiment", "path", "results_dir", "baseline", "target_flops", "primary"))
+        args = key_values(argv, ARGUMENTS)
         root = Path(args.get("results_dir", "results"))
         if "experiment" not in args and "path" not in args:
             raise ConfigError("argument", sorted(args), "say experiment=NAME or path=DIR")

@@ -8,6 +8,7 @@ import shlex
 import pytest
 from hydra import compose, initialize_config_dir
 
+from ablate import report
 from ablate.cli import check_run, compose_root, key_values
 from ablate.config import RunConfig
 from ablate.evaluate import parse as parse_eval
@@ -58,7 +59,7 @@ def test_readme_command_composes(command, tmp_path, request):
     elif name == "ablate-eval":
         parse_eval(args)
     elif name == "ablate-report":
-        key_values(args, ("experiment", "path", "results_dir", "baseline", "target_flops"))
+        key_values(args, report.ARGUMENTS)
     elif name == "ablate-export":
         key_values(args, ("run", "out", "checkpoint"))
     elif name == "ablate-model":

@@ -109,3 +109,24 @@ def test_readme_quotes_the_committed_tokenizer_study():
             assert row[column] == expected, (column, row[column], expected)
         low, high = part.loc[part.ratio.idxmin()], part.loc[part.ratio.idxmax()]
         assert row["ratio range"] == f"{low.ratio:.3f} ({low.language}) - {high.ratio:.3f} ({high.language})"
+
+
+def test_the_reference_verdict_and_its_marks_agree():
+    """The committed report's verdict calls a variant better or worse exactly where comparisons.csv
+    marks it (the primary family, Holm); no metric outside the family gets a verdict."""
+    comps = pd.read_csv(REPORT / "comparisons.csv")
+    text = (REPORT / "table.md").read_text().split("## Verdict")[1].split("\n## ")[0]
+    lines = [line for line in text.splitlines() if line.startswith("- **")]
+    primary = comps[comps.family == "primary"]
+    assert len(lines) == primary.metric.nunique() and comps.significant[comps.family != "primary"].isna().all()
+    labels = {"train|val_loss": "val_loss", "extrapolation|ratio_8x": "extrapolation"}
+    for metric, rows in primary.groupby("metric"):
+        label = labels.get(metric, metric.split("|")[0].removeprefix("ablate_") + " " + metric.split("|")[1])
+        (line,) = [x for x in lines if x.startswith(f"- **{label}**")]
+        for r in rows.itertuples():
+            if metric.startswith("extrapolation|ratio"):
+                part = line.split(f"`{r.variant}` ")[1].split(";")[0]
+                assert part.endswith("*") == bool(r.significant), (r.variant, part)
+            else:
+                said = next(s.split(":")[0] for s in line.split("): ", 1)[1].split("; ") if f"`{r.variant}`" in s)
+                assert (said in ("better", "worse")) == bool(r.significant), (metric, r.variant, said)

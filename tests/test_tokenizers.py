@@ -110,8 +110,9 @@ def test_a_tokenizer_sweep_is_reported_in_bits_per_byte(cache_dir, tmp_path):
     # bits per byte, recomputed from the token cache: nats per token / ln 2 / bytes per scored token
     run = runs[0]
     s = json.loads((run / "summary.json").read_text())
-    meta_dir = next(p for p in Path(cache_dir).glob("tokens-*") if json.loads((p / "meta.json").read_text())[
-        "vocab_size"] == Tokenizer.load(run / "tokenizer.json").vocab_size)
+    vocab = Tokenizer.load(run / "tokenizer.json").vocab_size
+    meta_dir = next(p for p in Path(cache_dir).glob("tokens-*")  # a cache directory, not its lock file
+                    if p.is_dir() and json.loads((p / "meta.json").read_text())["vocab_size"] == vocab)
     meta = json.loads((meta_dir / "meta.json").read_text())
     tokens = np.memmap(meta_dir / "tokens.bin", dtype=meta["dtype"], mode="r")
     val = tokens[len(tokens) - 2048:]

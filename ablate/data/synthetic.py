@@ -300,6 +300,8 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
     while len(out["nesting"]) < n:
         tokens = lang.brackets()
         sequence = " ".join(tokens)
+        if not reserved(sequence):  # most are not: the search for a swap is for those that are
+            continue
         swaps = []
         for a in range(1, len(tokens)):
             for b in range(a + 1, len(tokens)):
@@ -309,7 +311,7 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
                     wrong[a], wrong[b] = tokens[b], tokens[a]
                     if _transitions(wrong) == _transitions(tokens):
                         swaps.append(wrong)
-        if swaps and reserved(sequence):
+        if swaps:
             wrong = rng.choice(swaps)
             a, b = (i for i, (t, w) in enumerate(zip(tokens, wrong)) if t != w)
             opener, depth = _opener(tokens, a)
