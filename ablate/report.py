@@ -289,7 +289,8 @@ def summarize(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             got = values.reindex(runs[variant])[c.key] if c.key in values else pd.Series(dtype=float)
             se = ses.reindex(runs[variant])[c.key].dropna() if c.key in ses else pd.Series(dtype=float)
             iv = stats.interval(got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan,
-                                items=_item_term(items, list(got.dropna().index), c.key))
+                                items=_item_term(items, list(got.dropna().index), c.key)
+                                or _window_term(se, c))
             row.update({c.key: iv.mean, f"{c.key}|low": iv.low, f"{c.key}|high": iv.high, f"{c.key}|n": iv.n,
                         f"{c.key}|interval": iv.kind})
             if c.kind not in UNTESTED:
@@ -335,6 +336,15 @@ def _item_term(items: dict[tuple[str, str], Items], names: list[str], key: str) 
         return None
     x, clusters = _item_matrix(items, names, task)
     return None if x is None else stats.item_variance(x, clusters=clusters)
+
+
+def _window_term(se: pd.Series, c: Column) -> tuple[float, int] | None:
+    """The evaluation text's own noise in a perplexity measured on windows every run reads (the
+    windows are the items): each run's delta-method variance, averaged over runs; None for other
+    metrics or without standard errors."""
+    if c.kind != "extrapolation" or len(se) < 2:
+        return None
+    return float((se**2).mean()), 10**6  # hundreds of windows: normal
 
 
 def _lifted(values: pd.DataFrame, ses: pd.DataFrame, runs: dict[str, list[str]], key: str, chance: float,

@@ -85,6 +85,12 @@ def test_means_intervals_comparisons_and_failed_rows(experiment):
                                                                                                 0.65 + half))
     assert s.loc["rope", "task_a|acc|interval"] == "t over runs" and s.loc["alibi", "task_a|acc"] == pytest.approx(0.85)
     assert s.loc["rope", "train|val_loss"] == pytest.approx(3.1)
+    # a perplexity on windows every run reads holds the text's own noise too (the runs' stderr, 0.1)
+    assert s.loc["rope", "extrapolation_4x|perplexity|interval"] == "t over runs + items"
+    half = s.loc["rope", "extrapolation_4x|perplexity|high"] - s.loc["rope", "extrapolation_4x|perplexity"]
+    var = np.var([40.0, 44.0], ddof=1) / 2 + 0.1**2
+    df = var**2 / ((np.var([40.0, 44.0], ddof=1) / 2) ** 2 / 1 + 0.1**4 / 10**6)
+    assert half == pytest.approx(scipy_stats.t.ppf(0.975, df) * math.sqrt(var))
     # one completed run: lm-eval's item interval, labelled item-only; the diverged run is not averaged in
     assert s.loc["sinusoidal", "task_a|acc"] == pytest.approx(0.62)
     assert s.loc["sinusoidal", "task_a|acc|interval"] == "item-only"
