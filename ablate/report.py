@@ -779,8 +779,9 @@ def _legend(base: str, tests: int, one_run: bool, summary: pd.DataFrame, family:
     averaged = ", ".join(k.split("|")[0].removeprefix("ablate_") for k in summary.attrs["average_tasks"]) or "none"
     named = ", ".join(k.replace("|", " ") for k in family) or "none"
     text = (f"Each cell: the mean over completed runs ± the half-width of its 95% interval (t over runs, k - 1 "
-            f"degrees of freedom; for an accuracy, widened by the noise of its item set, counted once: "
-            f"`interval` in table.csv says which), then (the difference to the baseline `{base}`). ")
+            f"degrees of freedom; for an accuracy, widened by the noise of its item set, counted once, and for "
+            f"a perplexity on the extrapolation windows by the windows' own: `interval` in table.csv says "
+            f"which), then (the difference to the baseline `{base}`). ")
     if one_run:
         text += ("With one run of a variant, training noise is unknown: its interval is item-only (the item-level "
                  "error, clustered where items share a context) and no difference is marked; comparisons.csv has "
