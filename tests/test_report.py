@@ -367,3 +367,29 @@ def test_noise_by_source_says_what_it_rests_on(tmp_path):
     row = noise(s, collect(root)).set_index("metric").loc["task_a|acc"]
     assert (row.runs_per_variant, row.df_init, row.df_data) == (9, 2, 2)
     assert row.sd_init > row.sd_data > 0
+
+
+def test_an_exact_match_task_at_zero_is_never_averaged_and_a_declared_family_comes_from_the_runs(tmp_path):
+    """A task with no chance level (an exact-match accuracy, as lambada's) at 0.000 for every run is
+    uninformative: not averaged, not in the family. An experiment's `report.primary`, recorded in its
+    runs' configs, is the family the report marks."""
+    root = tmp_path / "exp"
+    for seed in range(3):
+        for position, acc in (("rope", 0.6), ("alibi", 0.7)):
+            run = make_run(root, position, seed, acc=acc + 0.01 * seed)
+            results = json.loads((run / "eval" / "probes.json").read_text())
+            results["results"]["exact"] = {"acc,none": 0.0, "acc_stderr,none": 0.0}
+            (run / "eval" / "probes.json").write_text(json.dumps(results))
+    s = summarize(collect(root))
+    assert "exact|acc" in s.attrs["uninformative"] and s.attrs["average_tasks"] == ["task_a|acc"]
+    assert "exact|acc" not in comparisons(s).attrs["family"]
+    for config in root.glob("*/config.yaml"):  # as `report.primary: [task_a|acc]` in the experiment file
+        cfg = yaml.safe_load(config.read_text())
+        cfg["report"] = {"primary": ["task_a|acc"]}
+        config.write_text(yaml.safe_dump(cfg))
+        provenance = json.loads((config.parent / "eval" / "probes.json").read_text())
+        provenance["provenance"]["config_hash"] = RunDir(config.parent).config_hash()
+        (config.parent / "eval" / "probes.json").write_text(json.dumps(provenance))
+    comps = comparisons(summarize(collect(root)))
+    assert comps.attrs["family"] == ["task_a|acc"]
+    assert comps.set_index("metric").loc["train|val_loss"].family == "exploratory"
