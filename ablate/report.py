@@ -311,11 +311,8 @@ def _item_matrix(items: dict[tuple[str, str], Items], names: list[str], task: st
     """(runs, items) per-item accuracies of the runs `names` on `task`, on the items they all
     answered (or on `ids`), in doc order, with those items' clusters; (None, None) where a run kept
     none."""
-    if not names or not all((r, task) in items for r in names):
-        return None, None
-    if ids is None:
-        ids = np.array(sorted(set.intersection(*(set(items[(r, task)].ids.tolist()) for r in names))))
-    if len(ids) < 2:
+    ids = _shared_ids(items, names, task) if ids is None else ids
+    if ids is None or len(ids) < 2:
         return None, None
     rows, clusters = [], None
     for r in names:
@@ -326,6 +323,13 @@ def _item_matrix(items: dict[tuple[str, str], Items], names: list[str], task: st
         if got.cluster is not None:
             clusters = got.cluster[at]
     return np.vstack(rows), clusters
+
+
+def _shared_ids(items: dict[tuple[str, str], Items], names: list[str], task: str) -> np.ndarray | None:
+    """The doc ids every run of `names` answered on `task`, sorted; None where a run kept none."""
+    if not names or not all((r, task) in items for r in names):
+        return None
+    return np.array(sorted(set.intersection(*(set(items[(r, task)].ids.tolist()) for r in names))))
 
 
 def _item_term(items: dict[tuple[str, str], Items], names: list[str], key: str) -> tuple[float, int] | None:
@@ -344,7 +348,7 @@ def _window_term(se: pd.Series, c: Column) -> tuple[float, int] | None:
     metrics or without standard errors."""
     if c.kind != "extrapolation" or len(se) < 2:
         return None
-    return float((se**2).mean()), 10**6  # hundreds of windows: normal
+    return float((se**2).mean()), stats.NORMAL_DF
 
 
 def _lifted(values: pd.DataFrame, ses: pd.DataFrame, runs: dict[str, list[str]], key: str, chance: float,
@@ -389,12 +393,19 @@ def _paired_items(summary: pd.DataFrame, variant: str, key: str) -> tuple[np.nda
     if metric != "acc":
         return None, None
     items, runs = summary.attrs["items"], summary.attrs["runs"]
-    both = runs[variant] + runs[summary.attrs["baseline"]]
-    x, _ = _item_matrix(items, both, task)  # the items every run of both arms answered
-    if x is None:
-        return None, None
-    shared = np.array(sorted(set.intersection(*(set(items[(r, task)].ids.tolist()) for r in both))))
-    return _item_matrix(items, runs[variant], task, shared)
+    shared = _shared_ids(items, runs[variant] + runs[summary.attrs["baseline"]], task)  # both arms answered
+    return (None, None) if shared is None else _item_matrix(items, runs[variant], task, shared)
+
+
+def _aligned(summary: pd.DataFrame, variant: str) -> tuple[list[str], list[str], bool]:
+    """The completed runs of `variant` and of the baseline, and whether they pair: where both arms
+    hold the same replicates, the baseline's runs reordered so that run k of each is replicate k."""
+    runs, base = summary.attrs["runs"], summary.attrs["baseline"]
+    keys_v, keys_b = _replicates(summary, variant), _replicates(summary, base)
+    if keys_v is None or keys_b is None or set(keys_v) != set(keys_b):
+        return runs[variant], runs[base], False
+    by_key = dict(zip(keys_b, runs[base]))
+    return runs[variant], [by_key[k] for k in keys_v], True
 
 
 def _replicates(summary: pd.DataFrame, variant: str) -> list[tuple[int, int]] | None:
@@ -465,13 +476,12 @@ def _ratio_test(summary: pd.DataFrame, variant: str) -> dict[str, Any] | None:
                 "decides": False, "test": "none: training noise unknown"}
     parts = [(logs.var(ddof=1) / len(logs), len(logs) - 1)]
     if math.isfinite(windows):
-        parts.append((float(windows), 10**6))  # hundreds of windows: normal
-    var = sum(p for p, _ in parts)
+        parts.append((float(windows), stats.NORMAL_DF))
+    var, df = stats.satterthwaite(parts)
     mean = float(logs.mean())
     if var == 0:
         p, half = (1.0 if mean == 0 else 0.0), 0.0
     else:
-        df = var**2 / sum(q**2 / d for q, d in parts if q > 0)
         p = float(2 * scipy_stats.t.sf(abs(mean) / math.sqrt(var), df))
         half = float(scipy_stats.t.ppf(1 - stats.ALPHA / 2, df) * math.sqrt(var))
     return {**row, "delta": math.exp(mean) - 1, "ci_low": math.exp(mean - half) - 1,
@@ -488,7 +498,7 @@ def comparisons(summary: pd.DataFrame, primary: list[str] | None = None) -> pd.D
     same rows), `exploratory` (every other test: its unadjusted p only, never marked), `item-only`
     (one run a side: training noise unknown, never marked; p Holm-adjusted among these)."""
     base = summary.attrs["baseline"]
-    values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
+    values, ses = summary.attrs["values"], summary.attrs["ses"]
     family = primary_family(summary, primary if primary is not None else summary.attrs.get("primary"))
     rows = []
     for variant in summary.index:
@@ -497,12 +507,7 @@ def comparisons(summary: pd.DataFrame, primary: list[str] | None = None) -> pd.D
         for c in summary.attrs["columns"]:
             if c.kind in UNTESTED or c.key not in values:
                 continue
-            v_runs, b_runs = runs[variant], runs[base]
-            keys_v, keys_b = _replicates(summary, variant), _replicates(summary, base)
-            paired_runs = keys_v is not None and keys_b is not None and set(keys_v) == set(keys_b)
-            if paired_runs:  # replicate k of the variant against replicate k of the baseline
-                by_key = dict(zip(keys_b, b_runs))
-                b_runs = [by_key[k] for k in keys_v]
+            v_runs, b_runs, paired_runs = _aligned(summary, variant)
             v, b = values.reindex(v_runs)[c.key], values.reindex(b_runs)[c.key]
             sv = ses.reindex(v_runs)[c.key] if c.key in ses else v * math.nan
             sb = ses.reindex(b_runs)[c.key] if c.key in ses else b * math.nan
@@ -534,7 +539,7 @@ def comparisons(summary: pd.DataFrame, primary: list[str] | None = None) -> pd.D
     return out
 
 
-def noise(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+def noise(summary: pd.DataFrame, df: pd.DataFrame, comps: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per metric: the SD of a run's value over runs of one variant (pooled over variants), split
     into init-seed, data-order and residual parts where a variant's runs cross two or more seeds of
     each; the item-level SD of one run's value; the signal-to-noise ratio (the SD of the variants'
@@ -542,10 +547,11 @@ def noise(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     at 0, over the run SD: 0 where noise explains the spread); and the smallest difference the
     runs per variant find with 80% power by the report's test (paired where the arms pair) at the
     Holm-adjusted level of the primary family's first step. df_init / df_data: the degrees of
-    freedom of the init and data-order parts (levels - 1, summed over variants)."""
+    freedom of the init and data-order parts (levels - 1, summed over variants). `comps`: the
+    report's comparisons, where already made (the family's size and whether the arms pair)."""
     values, ses, runs = summary.attrs["values"], summary.attrs["ses"], summary.attrs["runs"]
     seeds = df.drop_duplicates("run").set_index("run")[["seed", "data_seed"]]
-    comps = comparisons(summary) if len(summary) > 1 else None
+    comps = comparisons(summary) if comps is None and len(summary) > 1 else comps
     tests = comps.attrs["tests"] if comps is not None else 1
     paired = comps is not None and comps.test.str.startswith("paired over replicates").any()
     rows = []
@@ -600,17 +606,15 @@ def _item_var_of_differences(summary: pd.DataFrame, key: str) -> float:
 def _sd_of_differences(summary: pd.DataFrame, key: str) -> float | None:
     """The SD of the per-replicate differences to the baseline, pooled over the variants whose
     replicates pair with the baseline's (what a paired test's power rests on); None without any."""
-    values, runs, base = summary.attrs["values"], summary.attrs["runs"], summary.attrs["baseline"]
-    keys_b = _replicates(summary, base)
-    if keys_b is None or key not in values:
+    values, base = summary.attrs["values"], summary.attrs["baseline"]
+    if key not in values:
         return None
-    b = dict(zip(keys_b, values.reindex(runs[base])[key]))
     variances, dfs = [], []
     for variant in summary.index:
-        keys_v = _replicates(summary, variant)
-        if variant == base or keys_v is None or set(keys_v) != set(keys_b):
+        v_runs, b_runs, paired = _aligned(summary, variant)
+        if variant == base or not paired:
             continue
-        d = (values.reindex(runs[variant])[key].to_numpy() - np.array([b[k] for k in keys_v]))
+        d = values.reindex(v_runs)[key].to_numpy() - values.reindex(b_runs)[key].to_numpy()
         d = d[np.isfinite(d)]
         if len(d) >= 2:
             variances.append(d.var(ddof=1))
@@ -1054,7 +1058,7 @@ def report(experiment_dir: str | Path, baseline: str | None = None,
     if primary:
         summary.attrs["primary"] = primary
     comps = comparisons(summary)
-    noise_table = noise(summary, df)
+    noise_table = noise(summary, df, comps)
     count = f"{len(summary)} variant" + ("s" if len(summary) != 1 else "")
     text, full = render(summary, comps, noise_table, f"{experiment.path.name}: {count}",
                         fairness_lines(experiment), tuning_lines(experiment, summary))

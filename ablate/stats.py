@@ -25,6 +25,7 @@ SPIKE_MIN_HISTORY steps are there).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -61,8 +62,7 @@ def interval(values: np.ndarray, item_se: float = math.nan, level: float = 0.95,
         parts = [(values.var(ddof=1) / k, k - 1)]
         if items is not None and math.isfinite(items[0]):
             parts.append(items)
-        var = sum(p for p, _ in parts)
-        df = var**2 / sum(p**2 / d for p, d in parts if p > 0) if var > 0 else k - 1
+        var, df = satterthwaite(parts)
         half = stats.t.ppf(0.5 + level / 2, df) * math.sqrt(var)
         return Interval(mean, mean - half, mean + half, k, "t over runs + items" if len(parts) > 1 else "t over runs")
     if math.isfinite(item_se):
@@ -130,13 +130,12 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
             parts = [(v.var(ddof=1) / len(v), len(v) - 1), (b.var(ddof=1) / len(b), len(b) - 1)]
         if paired:
             parts.append(item_variance(items_variant, items_baseline, clusters))
-        var = sum(p for p, _ in parts)
+        var, df = satterthwaite(parts)
         runs = "paired over replicates" if paired_runs else "welch over runs"
         test = runs + (" + paired items" if paired else "")
         test += " (clustered)" if paired and clusters is not None else ""
         if var == 0:
             return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, test, True)
-        df = var**2 / sum(p**2 / d for p, d in parts if p > 0)
         t = delta / math.sqrt(var)
         half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(var)
         return Comparison(delta, delta - half, delta + half, float(2 * stats.t.sf(abs(t), df)), test, True)
@@ -160,6 +159,16 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
     return Comparison(delta, delta - half, delta + half, p, "item-only, unpaired", False)
 
 
+NORMAL_DF = 10**6  # the degrees of freedom of a variance known as well as a normal's (hundreds of windows)
+
+
+def satterthwaite(parts: list[tuple[float, int]]) -> tuple[float, float]:
+    """The sum of independent variance estimates, each (variance, degrees of freedom), and the
+    Welch-Satterthwaite degrees of freedom of that sum (the first part's where the sum is 0)."""
+    var = sum(p for p, _ in parts)
+    return var, (var**2 / sum(p**2 / d for p, d in parts if p > 0) if var > 0 else parts[0][1])
+
+
 def item_variance(items: np.ndarray, items_baseline: np.ndarray | None = None,
                   clusters: np.ndarray | None = None) -> tuple[float, int]:
     """The item-set sampling variance of an arm's mean over items (or, with `items_baseline`, of the
@@ -174,18 +183,12 @@ def item_variance(items: np.ndarray, items_baseline: np.ndarray | None = None,
     already in the run-to-run spread of the means, so it is subtracted; the result is floored at 0.
     An arm of one run has no within part to subtract (nothing else can then be added either)."""
     arms = [np.asarray(items, dtype=float)] + ([] if items_baseline is None else [np.asarray(items_baseline, float)])
-    signs = [1.0, -1.0]
-    d = sum(sign * a.mean(0) for sign, a in zip(signs, arms))
+    d = arms[0].mean(0) - (arms[1].mean(0) if len(arms) > 1 else 0.0)
     n = len(d)
-    if clusters is None:
-        index = np.arange(n)
-    else:
-        _, index = np.unique(np.asarray(clusters), return_inverse=True)
-    groups = int(index.max()) + 1 if n else 0
+    index, groups = _units(clusters, n)
     if groups < 2:
         return math.nan, max(groups - 1, 1)
-    residual = np.bincount(index, weights=d - d.mean(), minlength=groups)
-    between = groups / (groups - 1) * float((residual**2).sum()) / n**2
+    between = _cluster_se(d, index)[0] ** 2
     within = 0.0
     for a in arms:
         if len(a) >= 2:
@@ -204,17 +207,20 @@ def cluster_se(x: np.ndarray, clusters: np.ndarray | None = None) -> float:
     return _cluster_se(np.asarray(x, dtype=float), clusters)[0]
 
 
+def _units(clusters: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """Each item's independent unit (its cluster, or itself), numbered 0..G-1, and G."""
+    index = np.arange(n) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    return index, (int(index.max()) + 1 if n else 0)
+
+
 def _cluster_se(x: np.ndarray, clusters: np.ndarray | None) -> tuple[float, int]:
-    """(standard error of the mean, number of independent units)."""
-    n = len(x)
-    if clusters is None:
-        return (float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan), n
-    _, index = np.unique(np.asarray(clusters), return_inverse=True)
-    groups = int(index.max()) + 1 if n else 0
+    """(standard error of the mean, number of independent units): (G / (G - 1)) sum_u R_u^2 / n^2
+    over the G units, R_u a unit's sum of residuals (with one item a unit, SD / sqrt(n))."""
+    index, groups = _units(clusters, len(x))
     if groups < 2:
         return math.nan, groups
     sums = np.bincount(index, weights=x - x.mean(), minlength=groups)
-    return float(math.sqrt(groups / (groups - 1) * (sums**2).sum()) / n), groups
+    return float(math.sqrt(groups / (groups - 1) * (sums**2).sum()) / len(x)), groups
 
 
 def _mcnemar(v: np.ndarray, b: np.ndarray) -> Comparison:
@@ -281,6 +287,7 @@ def power(delta: float, sd: float, k: int, tests: int = 1, paired: bool = False,
 POWER_DRAWS = 20_000
 
 
+@functools.lru_cache(maxsize=16)
 def _welch_draws(k: int) -> np.ndarray:
     """(POWER_DRAWS, 2) chi-square draws on k - 1 degrees of freedom, the same for every call."""
     return np.random.default_rng(k).chisquare(k - 1, size=(POWER_DRAWS, 2))

@@ -241,13 +241,6 @@ class DepthCounter(KindCounters):
     name = "depth counter"
     per_kind = False
 
-    def allowed(self, prefix: list[str]) -> set[str] | None:
-        if "nest" not in prefix:
-            return None
-        tokens = prefix[len(prefix) - prefix[::-1].index("nest") + 1:]
-        depth = sum(1 if t in OPENERS else -1 for t in tokens if t in OPENERS + CLOSERS)
-        return (set(OPENERS) if depth < MAX_DEPTH else set()) | (set(CLOSERS) if depth else {"."})
-
 
 # ---- recall -------------------------------------------------------------------------------------
 class TablePosition(Scorer):
