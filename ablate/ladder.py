@@ -186,7 +186,7 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     `arm`): per metric (validation loss, and bits per byte where evaluated), fits per arm; per
     metric (those, and each accuracy), ranks per rung and the pairs' decisions. `target`: the
     compute to predict at (default: 10x the largest rung's). Returns "fits", "decisions" (tables),
-    "ranks" (metric -> table), "points" (metric -> per-run table), "target", "lines" (markdown)."""
+    "ranks" (metric -> table), "points" (metric -> per-run table), "target"."""
     ok = df[(df.status == "completed") & df.rung.notna()]
     compute = (ok[ok.metric == "flops_per_token"].set_index("run").value
                * ok[ok.metric == "tokens_seen"].set_index("run").value).rename("compute")
@@ -216,104 +216,4 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     fit_table = pd.DataFrame(fits)
     decision_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return {"fits": fit_table, "decisions": decision_table, "ranks": rank_tables, "points": points,
-            "target": target, "lines": _lines(fit_table, decision_table, rank_tables, target)}
-
-
-def _lines(fits: pd.DataFrame, table: pd.DataFrame, rank_tables: dict[str, pd.DataFrame], target: float) -> list[str]:
-    lines = ["## Ladder", ""]
-    if not fits.empty:
-        lines.append(f"Fits of L(C) = E + A * C^(-alpha) to each variant's rung means against training compute C "
-                     f"(FLOPs), with 95% intervals from resampling each rung's seeds ({BOOTSTRAP} times); the "
-                     f"prediction is at C = {target:.3g} FLOPs.")
-        lines.append("")
-        lines.append("| metric | variant | E | alpha | predicted at target | rungs | runs |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for r in fits.itertuples(index=False):
-            cells = [_iv(r.E, r.E_low, r.E_high), _iv(r.alpha, r.alpha_low, r.alpha_high),
-                     _iv(r.predicted, r.predicted_low, r.predicted_high)]
-            lines.append(f"| {label(r.metric)} | {r.variant} | {' | '.join(cells)} | {r.rungs} | {r.runs} |")
-        lines.append("")
-    for key, rank in rank_tables.items():
-        part = table[table.metric == key]
-        accuracy = decision_accuracy(part)
-        order = {rung: ", ".join(f"`{v}`" for v in rank.loc[rung].sort_values().index) for rung in rank.index}
-        at_rungs = "; ".join(f"{r}: {o}" for r, o in order.items())
-        lines.append(f"**{label(key)}**: best first at each rung: {at_rungs}.")
-        if len(accuracy):
-            apart = part.groupby("rung", sort=False).p_value.apply(lambda p: f"{(p < stats.ALPHA).sum()} of {len(p)}")
-            lines.append("Decision accuracy (the share of pairs ordered as at the largest rung; an order counts "
-                         "whether or not its difference is significant, decisions.csv has each p): "
-                         + ", ".join(f"{r}: {a:.0%}" for r, a in accuracy.items())
-                         + ". Pairs significantly apart (Welch, 5%) at each rung: "
-                         + ", ".join(f"{r}: {n}" for r, n in apart.items()) + ".")
-        flips = part[part.sign_change != ""].drop_duplicates(["variant_a", "variant_b"])
-        for f in flips.itertuples(index=False):
-            word = ("changes sign, significantly on both sides (a flip: the small rungs' answer does not hold)"
-                    if f.sign_change == "flip" else "changes sign within noise")
-            lines.append(f"- `{f.variant_a}` vs `{f.variant_b}` {word}.")
-        lines.append("")
-    return lines
-
-
-def label(key: str) -> str:
-    """A metric key as a table cell: `val_loss`, `ablate_heldout bits_per_byte`."""
-    task, _, metric = key.partition("|")
-    return metric if task == "train" else f"{task} {metric}"
-
-
-def _iv(mean: float, low: float, high: float) -> str:
-    if math.isnan(low):
-        return f"{mean:.4g}"
-    return f"{mean:.4g} [{low:.4g}, {high:.4g}]"
-
-
-def plot(result: dict[str, Any], out) -> list:
-    """scaling.png (each fitted metric against compute, log-log, runs, rung means and fits) and
-    ranks.png (each variant's rank per rung, per metric)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    fitted = sorted(set(result["fits"].metric)) if not result["fits"].empty else []
-    if fitted:
-        fig, axes = plt.subplots(1, len(fitted), figsize=(6 * len(fitted), 4.5), squeeze=False)
-        for ax, key in zip(axes[0], fitted):
-            values = result["points"][key]
-            for i, (arm, group) in enumerate(values.groupby("variant", sort=False)):
-                color = f"C{i}"
-                ax.scatter(group.compute, group.value, color=color, alpha=0.4, s=12)
-                means = group.groupby("compute").value.mean()
-                ax.scatter(means.index, means.values, color=color, s=40, label=arm)
-                row = result["fits"][(result["fits"].metric == key) & (result["fits"].variant == arm)]
-                if len(row):
-                    r = row.iloc[0]
-                    grid = np.geomspace(group.compute.min(), result["target"], 100)
-                    ax.plot(grid, Fit(r.E, r.A, r.alpha)(grid), color=color)
-                    if not math.isnan(r.predicted_low):
-                        ax.errorbar([result["target"]], [r.predicted], color=color, capsize=4, fmt="x",
-                                    yerr=[[r.predicted - r.predicted_low], [r.predicted_high - r.predicted]])
-            ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel=label(key), title=label(key))
-            ax.axvline(result["target"], color="grey", linestyle=":", linewidth=1)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "scaling.png", dpi=120)
-        plt.close(fig)
-        written.append(out / "scaling.png")
-    if result["ranks"]:
-        keys = list(result["ranks"])
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            rank = result["ranks"][key]
-            for arm in rank.columns:
-                ax.plot(range(len(rank)), rank[arm], marker="o", label=arm)
-            ax.set_xticks(range(len(rank)), [str(r) for r in rank.index], rotation=30, fontsize=8)
-            ax.set(ylabel="rank (1 = best)", title=label(key))
-            ax.invert_yaxis()
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "ranks.png", dpi=120)
-        plt.close(fig)
-        written.append(out / "ranks.png")
-    return written
+            "target": target}

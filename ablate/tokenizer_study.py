@@ -274,59 +274,68 @@ def _trained(docs: list[str], size: int, path: Path) -> Tokenizer:
 
 # ---- outputs --------------------------------------------------------------------------------------
 def write_outputs(table: pd.DataFrame, cfg: StudyConfig) -> None:
-    out = cfg.out_dir
-    table.to_csv(out / "fertility.csv", index=False)
-    (out / "fertility.md").write_text(markdown(table, cfg))
-    plot(table, cfg.threshold, out / "fertility.png")
+    """fertility.md, fertility.csv, fertility.png and index.html, through the report's writers
+    (atomically: a reader never sees half a file)."""
+    from ablate.report.sections import Part, Table
+    from ablate.report.writers import write_report
+
+    figure = plot(table, cfg.threshold, cfg.out_dir / "fertility.png")
+    write_report(cfg.out_dir, f"Tokenizer study: {cfg.name}", [Part(blocks(table, cfg), [Table("fertility", table)],
+                                                                   [figure])], markdown_name="fertility.md")
 
 
-def markdown(table: pd.DataFrame, cfg: StudyConfig) -> str:
+def blocks(table: pd.DataFrame, cfg: StudyConfig) -> list:
+    """The study as the report's blocks: what was measured, then per vocabulary size the languages
+    that break the rule and the table."""
+    from ablate.report.sections import Frame, Heading, Text
+
     languages = table.language.unique()
-    lines = [f"# Tokenizer study: {cfg.name}", "",
-             f"{len(languages)} languages; byte-level BPE at vocabulary sizes "
-             f"{', '.join(f'{v:,}' for v in cfg.vocab_sizes)}; the multilingual tokenizer trained on a mix with "
-             f"alpha = {cfg.alpha:g}; fertility measured on the last {cfg.heldout_fraction:.0%} of each language's "
-             "documents, never trained on. Fertility is tokens per whitespace word, or per non-space character "
-             "where the unit says so. The ratio's interval: 95%, from resampling the held-out documents.", ""]
+    out = [Text([f"{len(languages)} languages; byte-level BPE at vocabulary sizes "
+                 f"{', '.join(f'{v:,}' for v in cfg.vocab_sizes)}; the multilingual tokenizer trained on a mix "
+                 f"with alpha = {cfg.alpha:g}; fertility measured on the last {cfg.heldout_fraction:.0%} of each "
+                 "language's documents, never trained on. Fertility is tokens per whitespace word, or per "
+                 "non-space character where the unit says so. The ratio's interval: 95%, from resampling the "
+                 "held-out documents."])]
     if cfg.baselines:
-        lines += ["Pretrained monolingual baselines: " + ", ".join(f"{k}: `{v}`" for k, v in cfg.baselines.items())
-                  + "; the other languages are compared with a monolingual tokenizer trained here at the same size.",
-                  ""]
+        named = ", ".join(f"{k}: `{v}`" for k, v in cfg.baselines.items())
+        out.append(Text([f"Pretrained monolingual baselines: {named}; the other languages are compared with a "
+                         "monolingual tokenizer trained here at the same size."]))
     else:
-        lines += ["Every monolingual tokenizer is trained here at the multilingual one's size, so the ratio is the "
-                  "price of sharing one vocabulary among the languages (see the README).", ""]
+        out.append(Text(["Every monolingual tokenizer is trained here at the multilingual one's size, so the ratio "
+                         "is the price of sharing one vocabulary among the languages (see the README)."]))
     for size, part in table.groupby("vocab_size", sort=True):
-        broken, unsure = part[part.breaks_rule == "yes"], part[part.breaks_rule == "undecided"]
-        verdict = (f"break the {cfg.threshold:.2f} rule (the whole interval above it): " + ", ".join(
-            f"{r.language} ({r.ratio:.3f})" for r in broken.itertuples())) if len(broken) else (
-            f"no language breaks the {cfg.threshold:.2f} rule")
-        if len(unsure):
-            verdict += "; undecided (the interval straddles it): " + ", ".join(
-                f"{r.language} ({r.ratio:.3f})" for r in unsure.itertuples())
+        out += [Heading(f"Vocabulary {size:,}"), Text([f"Languages that {_verdict(part, cfg.threshold)}."])]
         short = part[part.vocab_monolingual < size]
-        caveat = ([f"Monolingual tokenizers short of {size:,} (their text has no more pairs to merge), so their "
-                   "ratio compares unequal vocabularies: " + ", ".join(f"{r.language} ({r.vocab_monolingual:,})"
-                                                                      for r in short.itertuples()) + ".", ""]
-                  if len(short) else [])
-        lines += [f"## Vocabulary {size:,}", "", f"Languages that {verdict}.", "", *caveat,
-                  "| language | unit | fertility multilingual | fertility monolingual | ratio [95%] | bytes/token "
-                  "multi / mono | vocabulary used | mix share |", "|---|---|---|---|---|---|---|---|"]
-        for r in part.itertuples():
-            flag = {"yes": " **breaks**", "undecided": " undecided"}.get(r.breaks_rule, "")
-            lines.append(f"| {r.language} | {r.unit} | {r.fertility_multilingual:.3f} | {r.fertility_monolingual:.3f} "
-                         f"| {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}]{flag} | "
-                         f"{r.bytes_per_token_multilingual:.2f} / {r.bytes_per_token_monolingual:.2f} | "
-                         f"{r.vocab_share:.1%} | {r.mix_share:.1%} |")
-        lines.append("")
-    return "\n".join(lines)
+        if len(short):
+            out.append(Text([f"Monolingual tokenizers short of {size:,} (their text has no more pairs to merge), so "
+                             "their ratio compares unequal vocabularies: " + ", ".join(
+                                 f"{r.language} ({r.vocab_monolingual:,})" for r in short.itertuples()) + "."]))
+        out.append(Frame(pd.DataFrame([{
+            "language": r.language, "unit": r.unit, "fertility multilingual": f"{r.fertility_multilingual:.3f}",
+            "fertility monolingual": f"{r.fertility_monolingual:.3f}",
+            "ratio [95%]": f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}]"
+                           + {"yes": " breaks", "undecided": " undecided"}.get(r.breaks_rule, ""),
+            "bytes/token multi / mono": f"{r.bytes_per_token_multilingual:.2f} / {r.bytes_per_token_monolingual:.2f}",
+            "vocabulary used": f"{r.vocab_share:.1%}", "mix share": f"{r.mix_share:.1%}"}
+            for r in part.itertuples()]).set_index("language"), numbers_as_text=True))
+    return out
 
 
-def plot(table: pd.DataFrame, threshold: float, path: Path) -> None:
-    import matplotlib
+def _verdict(part: pd.DataFrame, threshold: float) -> str:
+    broken, unsure = part[part.breaks_rule == "yes"], part[part.breaks_rule == "undecided"]
+    verdict = (f"break the {threshold:.2f} rule (the whole interval above it): " + ", ".join(
+        f"{r.language} ({r.ratio:.3f})" for r in broken.itertuples())) if len(broken) else (
+        f"no language breaks the {threshold:.2f} rule")
+    if len(unsure):
+        verdict += "; undecided (the interval straddles it): " + ", ".join(
+            f"{r.language} ({r.ratio:.3f})" for r in unsure.itertuples())
+    return verdict
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot(table: pd.DataFrame, threshold: float, path: Path) -> Path:
+    from ablate.report.plots import pyplot, save
+
+    plt = pyplot()
     languages = list(table.language.unique())
     sizes = sorted(table.vocab_size.unique())
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(languages) * len(sizes) / 1.5), 4))
@@ -343,9 +352,7 @@ def plot(table: pd.DataFrame, threshold: float, path: Path) -> None:
     low = min(0.95, float(table.ratio_low.min()) - 0.02)
     ax.set_ylim(low, max(threshold + 0.05, float(table.ratio_high.max()) + 0.02))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save(fig, path)
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -363,7 +370,7 @@ def run(node: Any) -> pd.DataFrame:
         broken = ", ".join(part[part.breaks_rule == "yes"].language) or "none"
         unsure = ", ".join(part[part.breaks_rule == "undecided"].language) or "none"
         print(f"vocabulary {v:,}: breaking the {cfg.threshold:.2f} rule: {broken}; undecided: {unsure}")
-    print(f"wrote {cfg.out_dir}/fertility.csv, fertility.md, fertility.png and tokenizers/")
+    print(f"wrote {cfg.out_dir}/fertility.csv, fertility.md, fertility.png, index.html and tokenizers/")
     return table
 
 

@@ -264,7 +264,7 @@ def test_the_report_warns_about_a_bad_metrics_line_and_an_unreadable_summary(com
     out = run_cli("ablate.report", f"path={experiment}")
     assert "left out 1 line(s) that cannot be read" in out.stdout + out.stderr
     assert (experiment / "report" / "index.html").exists() and list((experiment / "report").glob("*.png"))
-    statuses = collect(experiment).groupby("run")["status"].first().to_dict()
+    statuses = collect(experiment).rows.groupby("run")["status"].first().to_dict()
     assert statuses == {"a": "completed", "b": "unreadable summary"}
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,12 +15,27 @@ from scipy import stats as scipy_stats
 
 from ablate.config import RunConfig
 from ablate.registry import ConfigError
-from ablate.report import collect, comparisons, noise, plotted, render, report, summarize
-from ablate.rundir import RunDir
+from ablate.report import analyse, collect, comparisons, noise, report
+from ablate.report.collect import plotted
+from ablate.report.keys import MetricKey
+from ablate.report.sections import Context, sections
+from ablate.report.writers import markdown
+from ablate.rundir import ExperimentDir, RunDir
 
 from conftest import run_cli, tiny_overrides
 
 TASK_A = "task_a acc (chance 0.500)"  # the column of make_run's task, a two-choice one
+
+
+def render(a, comps=None):
+    """table.md's text and the full table (table.tex's cells) of an analysis, from the report's own
+    sections (figures go to a temporary directory)."""
+    comps = comparisons(a) if comps is None else comps
+    out = Path(tempfile.mkdtemp())
+    ctx = Context(ExperimentDir(out), a.collection, a, comps, noise(a, comps), out)
+    parts = [section.build(ctx) for section in sections()]
+    (full,) = [t.frame for p in parts for t in p.tables if t.name == "table" and "tex" in t.formats]
+    return markdown("", parts), full
 
 
 def make_run(root: Path, position: str, seed: int, status: str = "completed", acc: float | None = None,
@@ -68,7 +84,7 @@ def experiment(tmp_path) -> Path:
 
 
 def test_collect_is_tidy_and_finds_the_axis(experiment):
-    df = collect(experiment)
+    df = collect(experiment).rows
     assert set(df.columns) == {"run", "status", "seed", "data_seed", "variant", "task", "metric", "value", "stderr"}
     assert set(df.variant) == {"rope", "alibi", "learned", "sinusoidal"}  # position differs; seeds do not count
     status = df.drop_duplicates("run").set_index("run").status
@@ -78,35 +94,36 @@ def test_collect_is_tidy_and_finds_the_axis(experiment):
 
 
 def test_means_intervals_comparisons_and_failed_rows(experiment):
-    s = summarize(collect(experiment), baseline="rope")
-    assert s.loc["rope", "task_a|acc"] == pytest.approx(0.65)
+    s = analyse(collect(experiment), baseline="rope")
+    t = s.table()
+    assert t.loc["rope", "task_a|acc"] == pytest.approx(0.65)
     half = scipy_stats.t.ppf(0.975, 1) * 0.05  # std(0.6, 0.7) / sqrt(2), t with 1 degree of freedom
-    assert (s.loc["rope", "task_a|acc|low"], s.loc["rope", "task_a|acc|high"]) == pytest.approx((0.65 - half,
+    assert (t.loc["rope", "task_a|acc|low"], t.loc["rope", "task_a|acc|high"]) == pytest.approx((0.65 - half,
                                                                                                 0.65 + half))
-    assert s.loc["rope", "task_a|acc|interval"] == "t over runs" and s.loc["alibi", "task_a|acc"] == pytest.approx(0.85)
-    assert s.loc["rope", "train|val_loss"] == pytest.approx(3.1)
+    assert t.loc["rope", "task_a|acc|interval"] == "t over runs" and t.loc["alibi", "task_a|acc"] == pytest.approx(0.85)
+    assert t.loc["rope", "train|val_loss"] == pytest.approx(3.1)
     # a perplexity on windows every run reads holds the text's own noise too (the runs' stderr, 0.1)
-    assert s.loc["rope", "extrapolation_4x|perplexity|interval"] == "t over runs + items"
-    half = s.loc["rope", "extrapolation_4x|perplexity|high"] - s.loc["rope", "extrapolation_4x|perplexity"]
+    assert t.loc["rope", "extrapolation_4x|perplexity|interval"] == "t over runs + items"
+    half = t.loc["rope", "extrapolation_4x|perplexity|high"] - t.loc["rope", "extrapolation_4x|perplexity"]
     var = np.var([40.0, 44.0], ddof=1) / 2 + 0.1**2
     df = var**2 / ((np.var([40.0, 44.0], ddof=1) / 2) ** 2 / 1 + 0.1**4 / 10**6)
     assert half == pytest.approx(scipy_stats.t.ppf(0.975, df) * math.sqrt(var))
     # one completed run: lm-eval's item interval, labelled item-only; the diverged run is not averaged in
-    assert s.loc["sinusoidal", "task_a|acc"] == pytest.approx(0.62)
-    assert s.loc["sinusoidal", "task_a|acc|interval"] == "item-only"
-    assert s.loc["sinusoidal", "task_a|acc|high"] == pytest.approx(0.62 + 1.96 * 0.01, rel=1e-3)
-    assert s.loc["sinusoidal", "runs"] == "1 completed, 1 diverged"
-    assert math.isnan(s.loc["learned", "task_a|acc"]) and s.loc["learned", "runs"] in (
+    assert t.loc["sinusoidal", "task_a|acc"] == pytest.approx(0.62)
+    assert t.loc["sinusoidal", "task_a|acc|interval"] == "item-only"
+    assert t.loc["sinusoidal", "task_a|acc|high"] == pytest.approx(0.62 + 1.96 * 0.01, rel=1e-3)
+    assert t.loc["sinusoidal", "runs"] == "1 completed, 1 diverged"
+    assert math.isnan(t.loc["learned", "task_a|acc"]) and t.loc["learned", "runs"] in (
         "1 failed, 1 missing", "1 missing, 1 failed")
-    c = comparisons(s).set_index(["variant", "metric"])
+    c = comparisons(s).table.set_index(["variant", "metric"])
     alibi = c.loc[("alibi", "task_a|acc")]
     assert alibi.delta == pytest.approx(0.20) and alibi.test == "welch over runs"
     assert alibi.p_value == pytest.approx(scipy_stats.ttest_ind([0.8, 0.9], [0.6, 0.7], equal_var=False).pvalue)
     assert not alibi.significant  # 2 runs a side: t = 2.83 on 2 degrees of freedom is not enough
     sinusoidal = c.loc[("sinusoidal", "task_a|acc")]
     assert pd.isna(sinusoidal.significant) and sinusoidal.test == "none: training noise unknown"
-    text, full = render(s, comparisons(s), noise(s, collect(experiment)))
-    assert text.startswith("## Verdict") and "Holm" in text and "`rope`" in text
+    text, full = render(s)
+    assert "\n## Verdict\n" in text and "Holm" in text and "`rope`" in text
     assert full.loc["alibi", TASK_A].startswith("0.850 ± ")  # the interval's half-width, then the delta
     assert "(+0.2)" in full.loc["alibi", TASK_A] and "*" not in full.loc["alibi", TASK_A]
     assert full.loc["sinusoidal", TASK_A].endswith("[without 1 diverged]")  # the cell says what it lacks
@@ -120,7 +137,7 @@ def test_replicates_that_share_init_seed_and_data_order_are_paired(tmp_path):
     for seed, (base, variant) in enumerate([(0.50, 0.56), (0.70, 0.77), (0.60, 0.65)]):  # order k moves both
         make_run(root, "rope", seed, acc=base)
         make_run(root, "alibi", seed, acc=variant)
-    c = comparisons(summarize(collect(root), baseline="rope")).set_index(["variant", "metric"])
+    c = comparisons(analyse(collect(root), baseline="rope")).table.set_index(["variant", "metric"])
     row = c.loc[("alibi", "task_a|acc")]
     assert row.test == "paired over replicates"
     assert row.p_value == pytest.approx(scipy_stats.ttest_rel([0.56, 0.77, 0.65], [0.50, 0.70, 0.60]).pvalue)
@@ -164,14 +181,15 @@ def test_chance_groups_and_averages(tmp_path):
             results.update(chance={"task_a": {"acc": 0.25}, "coin": {"acc": 0.5}, "grp_sub": {"acc": 0.1}},
                            group_subtasks={"grp": ["grp_sub"]})
             (run / "eval" / "probes.json").write_text(json.dumps(results))
-    s = summarize(collect(root))
-    assert s.attrs["uninformative"] == ["coin|acc"]  # 0.50-0.52 against a chance of 0.5
-    assert s.attrs["average_tasks"] == ["grp|acc", "task_a|acc"]  # not coin, not grp_sub
-    assert s.attrs["columns"][[c.key for c in s.attrs["columns"]].index("grp|acc")].chance == 0.1  # its subtasks'
-    assert s.loc["rope", "average|acc"] == pytest.approx(np.mean([0.7, 0.91]))
+    s = analyse(collect(root))
+    t = s.table()
+    assert [str(k) for k in s.uninformative] == ["coin|acc"]  # 0.50-0.52 against a chance of 0.5
+    assert [str(k) for k in s.average_tasks] == ["grp|acc", "task_a|acc"]  # not coin, not grp_sub
+    assert s.column(MetricKey("grp", "acc")).chance == 0.1  # its subtasks'
+    assert t.loc["rope", "average|acc"] == pytest.approx(np.mean([0.7, 0.91]))
     adjusted = [(0.7 - 0.1) / 0.9, (0.91 - 0.25) / 0.75]
-    assert s.loc["rope", "average|acc_chance_adj"] == pytest.approx(np.mean(adjusted))
-    text, _ = render(s, comparisons(s), noise(s, collect(root)))
+    assert t.loc["rope", "average|acc_chance_adj"] == pytest.approx(np.mean(adjusted))
+    text, _ = render(s)
     assert "coin acc (chance 0.500, at chance: not averaged)" in text and "task_a acc (chance 0.250)" in text
     assert "grp_sub" not in text.split("## Main metrics")[1].split("\n\n")[1]  # subtasks: CSV and LaTeX only
 
@@ -199,18 +217,19 @@ def test_stale_evaluations_are_listed_never_averaged(tmp_path):
     (legacy / "eval" / "probes.json").write_text(json.dumps(results))
     make_run(root, "alibi", 1, acc=0.70)
     df = collect(root)
-    assert set(df.attrs["stale"]) == {("rope-s1", "probes"), ("alibi-s0", "probes")}
-    assert "measured step 4; the run ended at step 10" in df.attrs["stale"][("rope-s1", "probes")]
-    s = summarize(df, baseline="rope")
-    assert s.loc["rope", "task_a|acc"] == pytest.approx(0.60) and s.loc["alibi", "task_a|acc"] == pytest.approx(0.70)
-    assert s.loc["rope", "train|val_loss"] == pytest.approx(3.0)  # the runs themselves still count
-    _, full = render(s, comparisons(s), noise(s, df))
+    assert set(df.stale) == {("rope-s1", "probes"), ("alibi-s0", "probes")}
+    assert "measured step 4; the run ended at step 10" in df.stale[("rope-s1", "probes")]
+    s = analyse(df, baseline="rope")
+    t = s.table()
+    assert t.loc["rope", "task_a|acc"] == pytest.approx(0.60) and t.loc["alibi", "task_a|acc"] == pytest.approx(0.70)
+    assert t.loc["rope", "train|val_loss"] == pytest.approx(3.0)  # the runs themselves still count
+    _, full = render(s)
     assert full.loc["rope", TASK_A].endswith("[without 1 stale eval]")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report(root)
     assert any("rope-s1: eval/probes.json: it measured step 4" in str(w.message) for w in caught)
-    extra = df[df.task.str.startswith("extrapolation_")]
+    extra = df.rows[df.rows.task.str.startswith("extrapolation_")]
     assert extra.empty or not set(extra.run) & {"rope-s1", "alibi-s0"}
 
 
@@ -224,10 +243,10 @@ def test_baseline_is_the_sweeps_first_arm_and_must_exist(tmp_path):
         cfg.model.position.kind = position
         order.append(json.dumps({"run": f"{position}-s0", "config": cfg.to_dict()}))
     (root / "runs.jsonl").write_text("\n".join(order) + "\n")
-    s = summarize(collect(root))
-    assert s.attrs["baseline"] == "rope" and list(s.index) == ["rope", "alibi"]  # not alphabetical
+    s = analyse(collect(root))
+    assert s.baseline == "rope" and s.variants == ["rope", "alibi"]  # not alphabetical
     with pytest.raises(ConfigError, match=r"baseline='rop': not a variant of this experiment \(valid: rope, alibi\)"):
-        summarize(collect(root), baseline="rop")
+        analyse(collect(root), baseline="rop")
     out = run_cli("ablate.report", f"path={root}", "baseline=rop", check=False)
     assert out.returncode == 2 and "baseline='rop'" in out.stderr and "Traceback" not in out.stderr
 
@@ -238,8 +257,9 @@ def test_plots_draw_completed_runs_only_and_retries_are_shown(experiment):
     drawn, note = plotted(df)
     assert set(drawn.status) == {"completed"} and "learned-s0" not in set(drawn.run)
     assert "learned-s0 (failed)" in note and "sinusoidal-s1 (diverged)" in note and "learned-s1 (missing)" in note
-    s = summarize(df, baseline="rope")
-    assert s.loc["nope", "runs"] == "1 completed (1 retried after diverging)"
+    s = analyse(df, baseline="rope")
+    t = s.table()
+    assert t.loc["nope", "runs"] == "1 completed (1 retried after diverging)"
 
 
 def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
@@ -278,7 +298,7 @@ def test_extrapolation_verdict_says_which_variants_hold_with_intervals(tmp_path)
         make_run(root, "rope", seed, acc=0.6, ppl={1: 20.0, 8: rope})
         make_run(root, "sinusoidal", seed, acc=0.6, ppl={1: 20.0, 8: sinusoidal})
         make_run(root, "learned", seed, acc=0.6, ppl={1: 21.0})
-    line = extrapolation_verdict(summarize(collect(root)))
+    line = extrapolation_verdict(analyse(collect(root)))
     parts = {p.split("`")[1]: p for p in line.split("5%): ", 1)[1].rstrip(".").split("; ")}
     assert list(parts) == ["alibi", "rope", "sinusoidal", "learned"]  # best held first
     assert "no change detected" in parts["alibi"] and "worse" in parts["rope"] and "worse" in parts["sinusoidal"]
@@ -297,11 +317,11 @@ def test_extrapolation_verdict_says_which_variants_hold_with_intervals(tmp_path)
     one = tmp_path / "one"
     make_run(one, "alibi", 0, acc=0.6, ppl={1: 20.0, 2: 20.0})
     make_run(one, "rope", 0, acc=0.6, ppl={1: 20.0, 2: 30.0})
-    assert "`rope` 1.500 (one run: no interval)" in extrapolation_verdict(summarize(collect(one)))
+    assert "`rope` 1.500 (one run: no interval)" in extrapolation_verdict(analyse(collect(one)))
     no_extrapolation = tmp_path / "none"
     make_run(no_extrapolation, "alibi", 0, acc=0.6)
     make_run(no_extrapolation, "rope", 0, acc=0.6)
-    assert extrapolation_verdict(summarize(collect(no_extrapolation))) is None
+    assert extrapolation_verdict(analyse(collect(no_extrapolation))) is None
 
 
 def test_the_verdict_and_the_marks_are_one_computation(tmp_path):
@@ -317,11 +337,11 @@ def test_the_verdict_and_the_marks_are_one_computation(tmp_path):
     for position, values in losses.items():
         for seed, loss in enumerate(values):
             make_run(root, position, seed, acc=0.6 + 0.01 * seed, val_loss=loss, data_seed=10 * seed + len(position))
-    summary = summarize(collect(root), baseline="learned")
+    summary = analyse(collect(root), baseline="learned")
     comps = comparisons(summary)
-    assert comps.attrs["family"] == ["train|val_loss", "task_a|acc"]  # task_a is above chance
-    primary = comps[comps.family == "primary"]
-    assert comps.attrs["tests"] == len(primary) == 6 and comps[comps.family != "primary"].significant.isna().all()
+    assert [str(k) for k in comps.family] == ["train|val_loss", "task_a|acc"]  # task_a is above chance
+    primary = comps.table[comps.table.family == "primary"]
+    assert comps.tests == len(primary) == 6 and comps.table[comps.table.family != "primary"].significant.isna().all()
     (line,) = [v for v in verdict(summary, comps) if v.startswith("**val_loss**")]
     said = {name: section.split(":")[0] for section in line.split("): ", 1)[1].rstrip(".").split("; ")
             for name in re.findall(r"`(\w+)` \d", section)}
@@ -330,7 +350,7 @@ def test_the_verdict_and_the_marks_are_one_computation(tmp_path):
     for r in loss.itertuples():
         assert said[r.variant] == ("better" if r.significant else "not separable"), (r.variant, line)
         assert f"p_adj {r.p_adjusted:.2g}" in line or r.p_adjusted < 0.001
-    _, full = render(summary, comps, noise(summary, collect(root)))
+    _, full = render(summary, comps)
     for r in primary.itertuples():
         cell = full.loc[r.variant, {"train|val_loss": "val_loss", "task_a|acc": TASK_A}[r.metric]]
         assert ("*" in cell) == bool(r.significant), (r.variant, r.metric, cell)
@@ -343,10 +363,10 @@ def test_a_declared_family_is_the_one_marked(tmp_path):
     for seed in range(3):
         make_run(root, "rope", seed, acc=0.6 + 0.01 * seed, val_loss=3.0 + 0.01 * seed)
         make_run(root, "alibi", seed, acc=0.7 + 0.01 * seed, val_loss=3.5 + 0.01 * seed)
-    summary = summarize(collect(root))
+    summary = analyse(collect(root))
     comps = comparisons(summary, primary=["task_a|acc"])
-    assert comps.attrs["family"] == ["task_a|acc"] and comps.attrs["tests"] == 1
-    assert comps.set_index("metric").loc["train|val_loss"].family == "exploratory"
+    assert [str(k) for k in comps.family] == ["task_a|acc"] and comps.tests == 1
+    assert comps.table.set_index("metric").loc["train|val_loss"].family == "exploratory"
     with pytest.raises(ConfigError, match=r"report.primary='val_los': not a metric of this table \(valid: "):
         comparisons(summary, primary=["val_los"])
     out = run_cli("ablate.report", f"path={root}", "primary=task_a|acc")
@@ -363,8 +383,8 @@ def test_noise_by_source_says_what_it_rests_on(tmp_path):
             run = make_run(root, "rope", seed, acc=0.6 + 0.02 * seed + 0.01 * data_seed + rng.normal(0, 0.002),
                            data_seed=data_seed)
             run.rename(run.with_name(f"rope-s{seed}-d{data_seed}"))
-    s = summarize(collect(root))
-    row = noise(s, collect(root)).set_index("metric").loc["task_a|acc"]
+    s = analyse(collect(root))
+    row = noise(s).set_index("metric").loc["task_a|acc"]
     assert (row.runs_per_variant, row.df_init, row.df_data) == (9, 2, 2)
     assert row.sd_init > row.sd_data > 0
 
@@ -380,9 +400,9 @@ def test_an_exact_match_task_at_zero_is_never_averaged_and_a_declared_family_com
             results = json.loads((run / "eval" / "probes.json").read_text())
             results["results"]["exact"] = {"acc,none": 0.0, "acc_stderr,none": 0.0}
             (run / "eval" / "probes.json").write_text(json.dumps(results))
-    s = summarize(collect(root))
-    assert "exact|acc" in s.attrs["uninformative"] and s.attrs["average_tasks"] == ["task_a|acc"]
-    assert "exact|acc" not in comparisons(s).attrs["family"]
+    s = analyse(collect(root))
+    assert MetricKey("exact", "acc") in s.uninformative and s.average_tasks == [MetricKey("task_a", "acc")]
+    assert "exact|acc" not in [str(k) for k in comparisons(s).family]
     for config in root.glob("*/config.yaml"):  # as `report.primary: [task_a|acc]` in the experiment file
         cfg = yaml.safe_load(config.read_text())
         cfg["report"] = {"primary": ["task_a|acc"]}
@@ -390,6 +410,6 @@ def test_an_exact_match_task_at_zero_is_never_averaged_and_a_declared_family_com
         provenance = json.loads((config.parent / "eval" / "probes.json").read_text())
         provenance["provenance"]["config_hash"] = RunDir(config.parent).config_hash()
         (config.parent / "eval" / "probes.json").write_text(json.dumps(provenance))
-    comps = comparisons(summarize(collect(root)))
-    assert comps.attrs["family"] == ["task_a|acc"]
-    assert comps.set_index("metric").loc["train|val_loss"].family == "exploratory"
+    comps = comparisons(analyse(collect(root)))
+    assert [str(k) for k in comps.family] == ["task_a|acc"]
+    assert comps.table.set_index("metric").loc["train|val_loss"].family == "exploratory"

@@ -10,27 +10,25 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablate import stats
-from ablate.report import Column, comparisons
+from ablate.report import Analysis, Collection, Column, MetricKey, comparisons
 
 SIMULATIONS = 1000
 
 
-def simulated(arms: dict[str, np.ndarray], paired: bool = False) -> pd.DataFrame:
-    """A summary as report.summarize leaves it, for runs with the given values: arm -> (runs, metrics);
+def simulated(arms: dict[str, np.ndarray], paired: bool = False) -> Analysis:
+    """An analysis as report.analyse leaves it, for runs with the given values: arm -> (runs, metrics);
     `paired`: run k of every arm is replicate k (init seed k, data order k)."""
     n_metrics = next(iter(arms.values())).shape[1]
-    columns = [Column(f"task{m}|acc", f"task{m} acc", True) for m in range(n_metrics)]
+    columns = [Column(MetricKey(f"task{m}", "acc"), f"task{m} acc", True) for m in range(n_metrics)]
     rows, runs = {}, {}
     for arm, values in arms.items():
         runs[arm] = [f"{arm}-{i}" for i in range(len(values))]
         rows.update({name: row for name, row in zip(runs[arm], values)})
     values = pd.DataFrame.from_dict(rows, orient="index", columns=[c.key for c in columns])
-    summary = pd.DataFrame(index=list(arms))
-    summary.attrs.update(baseline=next(iter(arms)), columns=columns, runs=runs, values=values,
-                         ses=values * math.nan, items={}, uninformative=[], groups={},
-                         replicates={name: (k, k) for names in runs.values() for k, name in enumerate(names)}
-                         if paired else {})
-    return summary
+    return Analysis(Collection(pd.DataFrame()), list(arms), next(iter(arms)), columns, runs, values,
+                    values * math.nan,
+                    replicates={name: (k, k) for names in runs.values() for k, name in enumerate(names)}
+                    if paired else {})
 
 
 def test_null_experiments_mark_nothing_at_the_stated_rate():
@@ -39,8 +37,9 @@ def test_null_experiments_mark_nothing_at_the_stated_rate():
     rng = np.random.default_rng(0)
     any_mark, raw = 0, 0
     for _ in range(SIMULATIONS):
-        comps = comparisons(simulated({arm: rng.normal(0.5, 0.02, size=(3, 4)) for arm in "abcd"}))
-        assert comps.attrs["tests"] == 12 and (comps.test == "welch over runs").all()
+        found = comparisons(simulated({arm: rng.normal(0.5, 0.02, size=(3, 4)) for arm in "abcd"}))
+        comps = found.table
+        assert found.tests == 12 and (comps.test == "welch over runs").all()
         any_mark += bool(comps.significant.any())
         raw += int((comps.p_value < 0.05).sum())
     rate = any_mark / SIMULATIONS
@@ -55,16 +54,17 @@ def test_a_planted_difference_of_two_noise_sds_is_found():
     for _ in range(SIMULATIONS):
         variant = rng.normal(0.5, 0.02, size=(5, 3))
         variant[:, 0] += 2 * 0.02
-        comps = comparisons(simulated({"base": rng.normal(0.5, 0.02, size=(5, 3)), "variant": variant}))
+        comps = comparisons(simulated({"base": rng.normal(0.5, 0.02, size=(5, 3)), "variant": variant})).table
         found += bool(comps[comps.metric == "task0|acc"].significant.iloc[0])
     assert found / SIMULATIONS > 0.5, found / SIMULATIONS
 
 
 def test_one_run_a_side_marks_nothing():
     rng = np.random.default_rng(2)
-    comps = comparisons(simulated({"base": rng.normal(0.5, 0.02, size=(1, 3)),
+    found = comparisons(simulated({"base": rng.normal(0.5, 0.02, size=(1, 3)),
                                    "variant": rng.normal(0.9, 0.02, size=(1, 3))}))
-    assert comps.significant.isna().all() and comps.attrs["tests"] == 0
+    comps = found.table
+    assert comps.significant.isna().all() and found.tests == 0
     assert (comps.test == "none: training noise unknown").all()
 
 
@@ -191,10 +191,10 @@ def test_replicates_pair_across_arms_and_hold_the_rate_where_one_data_order_does
     for _ in range(SIMULATIONS):
         order = rng.normal(0, 1.0, size=(5, 1))  # data order k's effect, the same for every arm
         one = {arm: 0.5 * rng.normal() + rng.normal(0, 1.0, size=(5, 1)) for arm in "ab"}  # data order 0 only
-        comps = comparisons(simulated(one))
+        comps = comparisons(simulated(one)).table
         shared += bool(comps.significant.any())
         arms = {arm: order + 0.5 * rng.normal(size=(5, 1)) + rng.normal(0, 1.0, size=(5, 1)) for arm in "ab"}
-        comps = comparisons(simulated(arms, paired=True))
+        comps = comparisons(simulated(arms, paired=True)).table
         assert (comps.test == "paired over replicates").all()
         paired += bool(comps.significant.any())
     bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / SIMULATIONS)

@@ -1,0 +1,125 @@
+"""A ladder (a sweep over ladder.size): the fits of each variant's metric against compute with
+the prediction at the target, the ranks per rung, the pairs' decisions against the largest rung
+(ablate.ladder computes them), ladder.csv, decisions.csv, scaling.png and ranks.png."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ablate import ladder, stats
+from ablate.report.keys import MetricKey
+from ablate.report.plots import pyplot, save
+from ablate.report.sections import Block, Bullets, Context, Frame, Heading, Part, Section, Table, Text
+
+
+class Ladder(Section):
+    name = "ladder"
+
+    def build(self, ctx: Context) -> Part:
+        rows = ctx.collection.rows
+        result = ladder.analyse(rows, ctx.target_flops) if "rung" in rows else {}
+        if not result:
+            return Part()
+        blocks = ladder_blocks(result["fits"], result["decisions"], result["ranks"], result["target"])
+        return Part(blocks, [Table("ladder", result["fits"]), Table("decisions", result["decisions"])],
+                    plot(result, ctx.out))
+
+
+def label(key: str) -> str:
+    """A metric key as a table cell: `val_loss`, `ablate_heldout bits_per_byte`."""
+    return MetricKey.parse(key).label
+
+
+def ladder_blocks(fits: pd.DataFrame, table: pd.DataFrame, rank_tables: dict[str, pd.DataFrame],
+                  target: float) -> list[Block]:
+    blocks: list[Block] = [Heading("Ladder")]
+    if not fits.empty:
+        blocks.append(Text([f"Fits of L(C) = E + A * C^(-alpha) to each variant's rung means against training "
+                            f"compute C (FLOPs), with 95% intervals from resampling each rung's seeds "
+                            f"({ladder.BOOTSTRAP} times); the prediction is at C = {target:.3g} FLOPs."]))
+        shown = pd.DataFrame([{"metric": label(r.metric), "variant": r.variant, "E": _iv(r.E, r.E_low, r.E_high),
+                               "alpha": _iv(r.alpha, r.alpha_low, r.alpha_high),
+                               "predicted at target": _iv(r.predicted, r.predicted_low, r.predicted_high),
+                               "rungs": r.rungs, "runs": r.runs} for r in fits.itertuples(index=False)])
+        blocks.append(Frame(shown.set_index("metric")))
+    for key, rank in rank_tables.items():
+        blocks += _rank_blocks(key, rank, table[table.metric == key])
+    return blocks
+
+
+def _rank_blocks(key: str, rank: pd.DataFrame, part: pd.DataFrame) -> list[Block]:
+    accuracy = ladder.decision_accuracy(part)
+    order = {rung: ", ".join(f"`{v}`" for v in rank.loc[rung].sort_values().index) for rung in rank.index}
+    at_rungs = "; ".join(f"{r}: {o}" for r, o in order.items())
+    lines = [f"**{label(key)}**: best first at each rung: {at_rungs}."]
+    if len(accuracy):
+        apart = part.groupby("rung", sort=False).p_value.apply(lambda p: f"{(p < stats.ALPHA).sum()} of {len(p)}")
+        lines.append("Decision accuracy (the share of pairs ordered as at the largest rung; an order counts "
+                     "whether or not its difference is significant, decisions.csv has each p): "
+                     + ", ".join(f"{r}: {a:.0%}" for r, a in accuracy.items())
+                     + ". Pairs significantly apart (Welch, 5%) at each rung: "
+                     + ", ".join(f"{r}: {n}" for r, n in apart.items()) + ".")
+    flips = part[part.sign_change != ""].drop_duplicates(["variant_a", "variant_b"])
+    changes = [f"`{f.variant_a}` vs `{f.variant_b}` "
+               + ("changes sign, significantly on both sides (a flip: the small rungs' answer does not hold)"
+                  if f.sign_change == "flip" else "changes sign within noise") + "."
+               for f in flips.itertuples(index=False)]
+    return [Text(lines), *([Bullets(changes)] if changes else [])]
+
+
+def _iv(mean: float, low: float, high: float) -> str:
+    if math.isnan(low):
+        return f"{mean:.4g}"
+    return f"{mean:.4g} [{low:.4g}, {high:.4g}]"
+
+
+def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    """scaling.png (each fitted metric against compute, log-log, runs, rung means and fits) and
+    ranks.png (each variant's rank per rung, per metric)."""
+    plt = pyplot()
+    written = []
+    fitted = sorted(set(result["fits"].metric)) if not result["fits"].empty else []
+    if fitted:
+        fig, axes = plt.subplots(1, len(fitted), figsize=(6 * len(fitted), 4.5), squeeze=False)
+        for ax, key in zip(axes[0], fitted):
+            _scaling_axis(ax, key, result)
+        fig.tight_layout()
+        written.append(save(fig, out / "scaling.png"))
+    if result["ranks"]:
+        keys = list(result["ranks"])
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            rank = result["ranks"][key]
+            for arm in rank.columns:
+                ax.plot(range(len(rank)), rank[arm], marker="o", label=arm)
+            ax.set_xticks(range(len(rank)), [str(r) for r in rank.index], rotation=30, fontsize=8)
+            ax.set(ylabel="rank (1 = best)", title=label(key))
+            ax.invert_yaxis()
+            ax.legend(fontsize=8)
+        written.append(save(fig, out / "ranks.png"))
+    return written
+
+
+def _scaling_axis(ax, key: str, result: dict[str, Any]) -> None:
+    values = result["points"][key]
+    for i, (arm, group) in enumerate(values.groupby("variant", sort=False)):
+        color = f"C{i}"
+        ax.scatter(group.compute, group.value, color=color, alpha=0.4, s=12)
+        means = group.groupby("compute").value.mean()
+        ax.scatter(means.index, means.values, color=color, s=40, label=arm)
+        row = result["fits"][(result["fits"].metric == key) & (result["fits"].variant == arm)]
+        if len(row):
+            r = row.iloc[0]
+            grid = np.geomspace(group.compute.min(), result["target"], 100)
+            ax.plot(grid, ladder.Fit(r.E, r.A, r.alpha)(grid), color=color)
+            if not math.isnan(r.predicted_low):
+                ax.errorbar([result["target"]], [r.predicted], color=color, capsize=4, fmt="x",
+                            yerr=[[r.predicted - r.predicted_low], [r.predicted_high - r.predicted]])
+    ax.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel=label(key), title=label(key))
+    ax.axvline(result["target"], color="grey", linestyle=":", linewidth=1)
+    ax.legend(fontsize=8)
