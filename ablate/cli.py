@@ -123,7 +123,7 @@ def _fit(head: list[str], tail: list[str]) -> str:
     return "-".join([*head, tag, *tail]).encode()[:NAME_LIMIT].decode(errors="ignore")
 
 
-NAME_LIMIT = 200  # characters of a run name before its seed (a file system allows 255 bytes a name)
+NAME_LIMIT = 92  # characters of a run name before its seed: a name fits on a line (config.yaml holds the rest)
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,24}$")
 
 
@@ -144,36 +144,16 @@ def name_value(value: str) -> str:
     return f"{stem[:16]}~{_short_hash(value, 6)}"
 
 
-def check_run(cfg: RunConfig, to_train: bool = True) -> RunConfig:
-    """The whole check of a run's config, after a ladder rung has set its shape and budget
-    (ablate.ladder.apply): its numbers (RunConfig.validate) and its named choices, each checked
-    beside its registry (model axes, data source). What only training needs (the distillation
-    teacher, the trackers' packages) is checked with `to_train` alone: a finished run loads for
-    evaluation and export without its teacher or the trackers it logged to. Returns cfg."""
-    from ablate.data.sources import check_data
-    from ablate.ladder import apply
-    from ablate.model import check_model
-
-    apply(cfg)  # a ladder's rung sets the shape and the budget
-    cfg.validate()
-    check_model(cfg.model, "model")
-    check_data(cfg.data, "data")
-    if to_train:
-        from ablate.distill import teacher_info
-        from ablate.trackers import check_loggers
-
-        teacher_info(cfg.train.distill, cfg.seq_len)  # a teacher that is not there, or not finished
-        check_loggers(cfg.train.loggers)  # a tracker whose package is missing: the extra to install
-    return cfg
-
-
-def run_config(node: Any) -> RunConfig:
-    """The checked RunConfig of a composed Hydra config (its `hydra` node dropped)."""
+def run_config(node: Any, phase: str = "train") -> RunConfig:
+    """The RunConfig of a composed Hydra config (its `hydra` node dropped), checked for `phase`
+    (ablate.lifecycle: plan or train)."""
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(node, resolve=False)
     data.pop("hydra", None)  # resolving it needs a running job; ${hydra:...} reads HydraConfig instead
-    return check_run(RunConfig.from_dict(OmegaConf.to_container(OmegaConf.create(data), resolve=True)))
+    from ablate import lifecycle
+
+    return lifecycle.check(RunConfig.from_dict(OmegaConf.to_container(OmegaConf.create(data), resolve=True)), phase)
 
 
 def hydra_app(task: Callable[[RunConfig], Any]) -> None:

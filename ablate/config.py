@@ -393,7 +393,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a mapping; unknown keys, wrong types and impossible numbers raise ConfigError
-        (unknown choices: ablate.cli.check_run)."""
+        (unknown choices: ablate.lifecycle)."""
         config = from_dict(cls, data, "")
         config.validate()
         return config

@@ -8,17 +8,26 @@ unless given: a CPU's peak depends on its cores, clocks and ISA, and a datasheet
 mislead.
 
 It also says what decides a CPU's float rounding (`numerics_kind`): numbers recorded on one CPU
-reproduce to the last digit only on a CPU of the same kind with the same thread count.
+reproduce to the last digit only on a CPU of the same kind with the same thread count; and how a
+run takes its device: the device and precision (`pick_device`), the threads (`set_threads`), and
+torch.compile per block (`compile_blocks`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ablate.config import RunConfig
+    from ablate.distributed import Dist
+    from ablate.model import Transformer
 
 log = logging.getLogger("ablate.devices")
 
@@ -102,3 +111,50 @@ def same_numerics(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two numerics kinds should give the same floats to the last digit."""
     keys = ("cpu", "isa", "capability", "torch", "threads")
     return all(a.get(k) == b.get(k) for k in keys)
+
+
+def compile_blocks(model: Transformer, setting: bool | str, device: torch.device) -> bool:
+    """torch.compile each block's forward (train.compile: auto = on CUDA). Hooks (FSDP's gathers)
+    stay outside the compiled code and the state dict keeps its names. Returns whether compiled."""
+    if not (setting is True or (setting == "auto" and device.type == "cuda")):
+        return False
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            log.warning("train.compile: triton is not installed, so the blocks run uncompiled (slower); "
+                        "install triton, or set train.compile=false to silence this")
+            return False
+    for block in model.blocks:
+        block.forward = torch.compile(block.forward)
+    return True
+
+
+def uncompile_blocks(model: Transformer) -> None:
+    for block in model.blocks:
+        block.__dict__.pop("forward", None)
+
+
+def is_compiled(model: Transformer) -> bool:
+    return any("forward" in block.__dict__ for block in model.blocks)
+
+
+def pick_device(cfg: RunConfig) -> tuple[torch.device, Any]:
+    """The device, and the autocast context the precision asks for: train.precision=auto is bf16 on
+    CUDA GPUs that support it and on CPUs with native bf16, fp32 elsewhere."""
+    t = cfg.train
+    cuda = torch.cuda.is_available() if t.device == "auto" else t.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and native)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    return device, autocast
+
+
+def set_threads(cfg: RunConfig, dist: Dist) -> None:
+    """Oversubscribed cores are catastrophic for CPU training: share them among local processes."""
+    cores = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) * dist.local_world or os.cpu_count() or 1
+    threads = cfg.train.threads or max(1, cores // dist.local_world)
+    torch.set_num_threads(threads)

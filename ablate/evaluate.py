@@ -129,13 +129,28 @@ def evaluate_live(model: Transformer, tokenizer: Any, cfg: Any, suite: str) -> d
     return found
 
 
+def _quiet_git_hash() -> str | None:
+    """The commit of the working directory's git checkout; None outside one (nothing printed)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except OSError:  # no git installed
+        return None
+    return out.stdout.strip() or None
+
+
 def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any,
               samples_file: Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, list]]]:
     """lm-eval's simple_evaluate on `tasks` through `manager` (see task_manager). Returns its
     results, with `chance` (the accuracy of guessing, per task where known), and the per-item
     accuracies of each task (task -> {"doc_id": [...], "acc": [...]}) for paired comparisons."""
     import lm_eval
+    import lm_eval.evaluator
 
+    # lm-eval records the git commit of the working directory by running `git describe`, whose
+    # "fatal: not a git repository" would reach the user's terminal outside a checkout: ask quietly
+    lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=eval_cfg.limit,
                                       log_samples=True, bootstrap_iters=1000, batch_size=eval_cfg.batch_size)
     samples = results.pop("samples", None) or {}

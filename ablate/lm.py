@@ -29,7 +29,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ablate import checkpoint as ckpt
-from ablate.cli import check_run
+from ablate import lifecycle
 from ablate.config import RunConfig
 from ablate.data.tokens import Tokenizer
 from ablate.model import Transformer
@@ -79,7 +79,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None) -> LoadedRun
         path = rd.checkpoint_of(checkpoint)
     if not path.exists():
         raise RunError(f"no checkpoint {path}; {rd.path} has: {', '.join(have)}")
-    cfg = check_run(RunConfig.from_dict(rd.read_config()), to_train=False)  # no teacher, no tracker needed
+    cfg = lifecycle.for_load(RunConfig.from_dict(rd.read_config()))  # no teacher, no tracker needed
     state = ckpt.load(path)
     model = Transformer(cfg.model)
     ckpt.restore(state, model)

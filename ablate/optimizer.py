@@ -6,16 +6,19 @@ otherwise be, so that tying an embedding changes one thing.
     matrix, out_projection          optim.weight_decay              1
     embedding, output, position     only with optim.decay_embeddings 1
     *_norm, bias                    only with optim.decay_norms_and_biases 1
+
+and the learning rate's schedule (`lr_at`): warmup, then cosine, linear or constant.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ablate.config import OptimConfig
+from ablate.config import OptimConfig, RunConfig
 
 TABLES = ("embedding", "output", "position")
 NORMS_AND_BIASES = ("input_norm", "stream_norm", "branch_norm", "final_norm", "bias")
@@ -52,3 +55,15 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) -
     return torch.optim.AdamW([{"params": groups[t], "weight_decay": t.weight_decay, "lr_scale": t.lr_scale}
                               for t in order],
                              lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused or None)
+
+
+def lr_at(step: int, total: int, cfg: RunConfig) -> float:
+    """Linear warmup over warmup_steps, then cosine or linear decay to lr * min_lr_ratio at `total`."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)

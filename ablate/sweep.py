@@ -197,7 +197,7 @@ class PlanningSweeper(Sweeper):
             cfg.hydra.job.num = 0
         HydraConfig.instance().set_config(cfg)
         try:
-            run = run_config(cfg)
+            run = run_config(cfg, "plan")
         except ConfigError as err:
             raise ConfigError(err.field, err.value, f"{str(err).split(': ', 1)[1]} -- in the sweep job "
                               f"[{' '.join(overrides)}]; nothing was launched") from None

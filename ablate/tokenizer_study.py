@@ -276,7 +276,7 @@ def _trained(docs: list[str], size: int, path: Path) -> Tokenizer:
 def write_outputs(table: pd.DataFrame, cfg: StudyConfig) -> None:
     """fertility.md, fertility.csv, fertility.png and index.html, through the report's writers
     (atomically: a reader never sees half a file)."""
-    from ablate.report.sections import Part, Table
+    from ablate.report.parts import Part, Table
     from ablate.report.writers import write_report
 
     figure = plot(table, cfg.threshold, cfg.out_dir / "fertility.png")
@@ -287,7 +287,7 @@ def write_outputs(table: pd.DataFrame, cfg: StudyConfig) -> None:
 def blocks(table: pd.DataFrame, cfg: StudyConfig) -> list:
     """The study as the report's blocks: what was measured, then per vocabulary size the languages
     that break the rule and the table."""
-    from ablate.report.sections import Frame, Heading, Text
+    from ablate.report.parts import Frame, Heading, Text
 
     languages = table.language.unique()
     out = [Text([f"{len(languages)} languages; byte-level BPE at vocabulary sizes "

@@ -18,27 +18,26 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablate import checkpoint, distill
 from ablate.cli import hydra_app, remove_if_empty
 from ablate.config import OPERATIONAL, ModelConfig, RunConfig
-from ablate.data.batches import Batches, validation_batches
+from ablate.data.batches import Batches
 from ablate.data.tokens import TokenData, prepare
-from ablate.devices import cpu_has_native_bf16, mfu, peak_tflops
+from ablate.devices import compile_blocks, is_compiled, mfu, peak_tflops, pick_device, set_threads, uncompile_blocks
 from ablate.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
-from ablate.distributed import Dist, setup_distributed
+from ablate.distributed import Dist, full, local, setup_distributed
 from ablate.files import WriteError
+from ablate.measure import cross_entropy, max_attention_logit, validation_bytes_per_token, validation_loss
 from ablate.model import Transformer, model_facts
-from ablate.optimizer import build_optimizer
+from ablate.optimizer import build_optimizer, lr_at
 from ablate.registry import ConfigError
 from ablate.rundir import UNREADABLE, RunDir, RunDirError, flatten
 from ablate.stats import GRAD_SPIKE, LOSS_SPIKE, SPIKE_MIN_HISTORY, SPIKE_WINDOW
@@ -492,32 +491,6 @@ class Runner:
 
 
 # ---- the pieces ---------------------------------------------------------------------------------
-def compile_blocks(model: Transformer, setting: bool | str, device: torch.device) -> bool:
-    """torch.compile each block's forward (train.compile: auto = on CUDA). Hooks (FSDP's gathers)
-    stay outside the compiled code and the state dict keeps its names. Returns whether compiled."""
-    if not (setting is True or (setting == "auto" and device.type == "cuda")):
-        return False
-    if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            log.warning("train.compile: triton is not installed, so the blocks run uncompiled (slower); "
-                        "install triton, or set train.compile=false to silence this")
-            return False
-    for block in model.blocks:
-        block.forward = torch.compile(block.forward)
-    return True
-
-
-def uncompile_blocks(model: Transformer) -> None:
-    for block in model.blocks:
-        block.__dict__.pop("forward", None)
-
-
-def is_compiled(model: Transformer) -> bool:
-    return any("forward" in block.__dict__ for block in model.blocks)
-
-
 def step_unless_not_finite(opt: torch.optim.Optimizer, finite: torch.Tensor) -> None:
     """opt.step(), unless `finite` (a 0-d bool tensor) is false. A fused AdamW skips the update
     on the device (its found_inf input), so the host never waits; others read the flag."""
@@ -526,75 +499,6 @@ def step_unless_not_finite(opt: torch.optim.Optimizer, finite: torch.Tensor) -> 
         opt.step()
     elif bool(finite):
         opt.step()
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor (FSDP) as the whole tensor; any other tensor as it is."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a DTensor; any other tensor as it is."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-def lr_at(step: int, total: int, cfg: RunConfig) -> float:
-    """Linear warmup over warmup_steps, then cosine or linear decay to lr * min_lr_ratio at `total`."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return o.lr
-    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
-    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)
-
-
-@torch.no_grad()
-def validation_loss(model: Transformer, data: TokenData, cfg: RunConfig, device: torch.device, autocast) -> float:
-    """Mean token loss over the whole held-out split."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in validation_batches(data.val, cfg.seq_len, cfg.train.micro_batch):
-        with autocast:
-            logits = model(x.to(device))
-        total += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
-                                       reduction="sum"))
-        count += y.numel()
-    model.train(was_training)
-    return total / count
-
-
-def validation_bytes_per_token(data: TokenData, seq_len: int) -> float:
-    """UTF-8 bytes per token of the held-out tokens validation_loss scores (the targets), so that
-    val_bpb = val_loss / ln 2 / this is comparable across tokenizers (end-of-text counts no bytes)."""
-    n = (len(data.val) - 1) // seq_len * seq_len
-    scored = np.asarray(data.val[1:n + 1]).tolist()
-    return len(data.tokenizer.decode(scored).encode("utf-8")) / n
-
-
-@torch.no_grad()
-def max_attention_logit(model: Transformer, data: TokenData, cfg: RunConfig, device: torch.device, autocast) -> float:
-    """The largest attention logit of the model on the first validation batch (Attention.max_logit)."""
-    was_training = model.training
-    model.eval()
-    found: list[float] = []
-    hooks = [m.register_forward_hook(lambda m, args, out: found.append(m.max_logit(*args)))
-             for m in model.modules() if hasattr(m, "max_logit")]
-    try:
-        x, _ = next(iter(validation_batches(data.val, cfg.seq_len, cfg.train.micro_batch)))
-        with autocast:
-            model(x.to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return max(found)
 
 
 def axes(model: ModelConfig) -> dict[str, Any]:
@@ -611,27 +515,6 @@ def axes(model: ModelConfig) -> dict[str, Any]:
 
 def padded_vocab(n: int) -> int:
     return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def pick_device(cfg: RunConfig) -> tuple[torch.device, Any]:
-    """The device, and the autocast context the precision asks for: train.precision=auto is bf16 on
-    CUDA GPUs that support it and on CPUs with native bf16, fp32 elsewhere."""
-    t = cfg.train
-    cuda = torch.cuda.is_available() if t.device == "auto" else t.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and native)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    return device, autocast
-
-
-def set_threads(cfg: RunConfig, dist: Dist) -> None:
-    """Oversubscribed cores are catastrophic for CPU training: share them among local processes."""
-    cores = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) * dist.local_world or os.cpu_count() or 1
-    threads = cfg.train.threads or max(1, cores // dist.local_world)
-    torch.set_num_threads(threads)
 
 
 def check_same_teacher(run: RunDir, previous: dict[str, Any] | None, teacher: Teacher) -> None:

@@ -78,11 +78,12 @@ def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
 def train_in_process(cache: Path, results: Path, name: str, *extra: str) -> Path:
     """Train the tiny run `name` (tiny_overrides + extra) in this process, as ablate-train would;
     returns its run directory. For tests where the command line is not what is under test."""
-    from ablate.cli import check_run, compose_root
+    from ablate.cli import compose_root
     from ablate.config import RunConfig
+    from ablate.lifecycle import for_train
     from ablate.train import train
 
-    cfg = check_run(RunConfig.from_dict(compose_root(tiny_overrides(cache, results, *extra))))
+    cfg = for_train(RunConfig.from_dict(compose_root(tiny_overrides(cache, results, *extra))))
     cfg.run_name = name
     train(cfg)
     return Path(cfg.results_dir) / cfg.experiment / name

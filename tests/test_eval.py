@@ -117,6 +117,30 @@ def test_samples_and_custom_task_lists(trained):
     assert len(rows) == 10 and json.loads(rows[0])["task"] == "ablate_agreement"
 
 
+def test_a_run_logged_to_wandb_evaluates_where_wandb_is_missing_outside_a_checkout(trained, tmp_path):
+    """`ablate-eval` as a user runs it: in a directory that is no git checkout, where `import wandb`
+    fails, on a run that logged to W&B. It evaluates, and prints nothing that is not its own (no
+    "fatal: not a git repository" from a library asking git for a commit)."""
+    import yaml
+
+    run = tmp_path / "logged"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("eval", "hf"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["loggers"] = ["jsonl", "wandb"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "block" / "wandb").mkdir(parents=True)
+    (tmp_path / "block" / "wandb" / "__init__.py").write_text("raise ImportError('no wandb here')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'block'}{os.pathsep}{ROOT}"}
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "ablate.evaluate", f"run={run}", "tasks=ablate_agreement",
+                           "eval.probe_items=60", "eval.limit=10"], cwd=where, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert list(json.loads((run / "eval" / "custom.json").read_text())["results"]) == ["ablate_agreement"]
+    assert "fatal" not in proc.stderr and "not a git repository" not in proc.stderr + proc.stdout
+
+
 def test_extrapolation_learned_positions_not_applicable():
     model = Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=1, max_seq_len=16,
                                     position=PositionConfig(kind="learned"))).eval()

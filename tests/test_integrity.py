@@ -375,8 +375,8 @@ def test_a_finished_run_loads_without_its_trackers_or_its_teacher(completed, tmp
     loads where wandb cannot be imported, and a distilled one after its teacher has gone."""
     import yaml
 
-    from ablate.cli import check_run
     from ablate.config import RunConfig
+    from ablate.lifecycle import for_train
     from ablate.lm import load_run
     from ablate.registry import ConfigError
 
@@ -390,7 +390,7 @@ def test_a_finished_run_loads_without_its_trackers_or_its_teacher(completed, tmp
     with pytest.raises(ImportError):
         import wandb  # noqa: F401
     with pytest.raises(ConfigError):  # training it would need both
-        check_run(RunConfig.from_dict(config))
+        for_train(RunConfig.from_dict(config))
     loaded = load_run(copy)
     assert loaded.step == 20 and loaded.cfg.train.loggers == ["jsonl", "wandb"]
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablate.cli import check_run, compose_root
+from ablate.cli import compose_root
 from ablate.config import RunConfig
 from ablate.ladder import decision_accuracy, decisions, fit_power_law, fit_with_intervals, ranks
+from ablate.lifecycle import for_train
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
 
@@ -20,7 +21,7 @@ from conftest import run_cli, tiny_overrides
 def config(*overrides: str) -> RunConfig:
     data = compose_root(list(overrides))
     data["run_name"] = "x"
-    return check_run(RunConfig.from_dict(data))
+    return for_train(RunConfig.from_dict(data))
 
 
 def test_a_rung_sets_shape_and_budget_from_its_size():

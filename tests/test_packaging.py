@@ -4,9 +4,10 @@ declared in pyproject.toml, and no module imports from a phase above its own."""
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

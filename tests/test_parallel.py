@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ablate.config import ModelConfig, OptimConfig
+from ablate.devices import compile_blocks, is_compiled, uncompile_blocks
 from ablate.model import Transformer
 from ablate.optimizer import build_optimizer
-from ablate.train import compile_blocks, is_compiled, step_unless_not_finite, uncompile_blocks
+from ablate.train import step_unless_not_finite
 
 from conftest import rewound, run_cli, tiny_overrides
 
@@ -139,8 +140,9 @@ def test_reading_the_device_every_few_steps_writes_the_same_run(cache_dir, tmp_p
     the CPU (read every 7 steps besides the log lines every 10), the metrics, the spike counts and
     the divergence are those of reading every step."""
     import ablate.train as training
-    from ablate.cli import check_run, compose_root
+    from ablate.cli import compose_root
     from ablate.config import RunConfig
+    from ablate.lifecycle import for_train
 
     class EveryFewSteps(training.Runner):
         def __init__(self, *args, **kwargs):
@@ -150,7 +152,7 @@ def test_reading_the_device_every_few_steps_writes_the_same_run(cache_dir, tmp_p
     def run(name: str, *extra: str) -> Path:
         overrides = tiny_overrides(cache_dir, tmp_path, "train.log_every=10", *extra)
         cfg = RunConfig.from_dict({**compose_root(overrides), "run_name": name})
-        training.train(check_run(cfg))
+        training.train(for_train(cfg))
         return tmp_path / "default" / name
 
     plain = run("plain")

@@ -9,9 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from ablate import report
-from ablate.cli import check_run, compose_root, key_values
+from ablate.cli import compose_root, key_values
 from ablate.config import RunConfig
 from ablate.evaluate import parse as parse_eval
+from ablate.lifecycle import for_train
 
 from conftest import ROOT, run_cli
 
@@ -55,7 +56,7 @@ def test_readme_command_composes(command, tmp_path, request):
         assert "to run:" in out.stdout
     elif name in ("ablate-train", "ablate-prepare"):
         overrides = [a for a in args if a not in ("--cfg", "job")]
-        check_run(RunConfig.from_dict(compose_root(overrides)))
+        for_train(RunConfig.from_dict(compose_root(overrides)))
     elif name == "ablate-eval":
         parse_eval(args)
     elif name == "ablate-report":

@@ -18,7 +18,8 @@ from ablate.registry import ConfigError
 from ablate.report import analyse, collect, comparisons, noise, report
 from ablate.report.collect import plotted
 from ablate.report.keys import MetricKey
-from ablate.report.sections import Context, sections
+from ablate.report.parts import Context
+from ablate.report.sections import sections
 from ablate.report.writers import markdown
 from ablate.rundir import ExperimentDir, RunDir
 

@@ -80,3 +80,26 @@ def test_plan_without_multirun_plans_and_trains_nothing(tmp_path):
         assert "1 jobs" in out.stdout and "to run: 1 jobs" in out.stdout
         run = tmp_path / str(i) / "default" / "default-rope-mha-rmsnorm-pre-swiglu-s0"
         assert not run.exists() or not any(run.iterdir())
+
+
+def test_run_names_are_short_readable_and_safe_for_a_file_system():
+    """A run on local files with many overrides: the name keeps the preset and axes, holds no path,
+    glob or bracket character, and fits on a line; a path value becomes a stem and a short hash, so
+    two paths give two names."""
+    import re
+
+    from ablate.cli import run_name
+
+    choices = {"model": "default", "model/position": "rope", "model/attention": "mha", "model/norm": "rmsnorm",
+               "model/placement": "pre", "model/mlp": "swiglu", "data": "files"}
+    many = ["data=files", "data.paths=[/data/corpora/wikitext2_raw_test.txt]", "data.vocab_size=2048",
+            "model.dim=128", "model.n_layers=4", "model.max_seq_len=128", "model.attention.n_heads=4",
+            "train.tokens=400000", "train.batch_tokens=2048"]
+    names = [run_name(choices, many, 0), run_name(choices, ["data.paths=[/data/*.jsonl]"], 3),
+             run_name(choices, ["data.paths=[/other/*.jsonl]"], 3), run_name(choices, ["model.dim=512"], 1)]
+    for name in names:
+        assert len(name) <= 100 and re.fullmatch(r"[A-Za-z0-9_.+=~-]+", name), name
+        assert name.startswith("default-rope-mha-rmsnorm-pre-swiglu-files-")
+    assert names[0].endswith("-batch_tokens=2048-s0")  # the overrides given last still read
+    assert "paths=jsonl~" in names[1] and names[1] != names[2]
+    assert names[3] == "default-rope-mha-rmsnorm-pre-swiglu-files-dim=512-s1"

@@ -61,8 +61,9 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
 
 def trace(overrides: list[str], cache: Path, results: Path) -> list[float]:
     """The training losses of a run of `overrides`, step by step."""
-    from ablate.cli import check_run, compose_root
+    from ablate.cli import compose_root
     from ablate.config import RunConfig
+    from ablate.lifecycle import for_train as check_run
     from ablate.train import train
 
     cfg = check_run(RunConfig.from_dict(compose_root([*COMMON, *overrides, f"data.cache_dir={cache}",

@@ -16,8 +16,7 @@ import torch
 from ablate.cli import run_name
 from ablate.config import RunConfig
 from ablate.model import Transformer
-from ablate.optimizer import build_optimizer
-from ablate.train import lr_at
+from ablate.optimizer import build_optimizer, lr_at
 
 from conftest import ROOT, run_cli, tiny_overrides
 

@@ -36,7 +36,8 @@ from ablate.report.collect import Collection, Items, collect, plotted
 from ablate.report.comparisons import Comparisons, comparisons, primary_family
 from ablate.report.keys import MetricKey
 from ablate.report.noise import noise
-from ablate.report.sections import Context, sections
+from ablate.report.parts import Context
+from ablate.report.sections import sections
 from ablate.report.sections.verdict import extrapolation_verdict, verdict
 from ablate.report.writers import write_report
 from ablate.rundir import ExperimentDir

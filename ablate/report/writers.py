@@ -13,7 +13,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from ablate.files import write_text
-from ablate.report.sections import Bullets, Frame, Heading, Part, Text
+from ablate.report.parts import Bullets, Frame, Heading, Part, Text
 
 TEMPLATES = Path(__file__).parent / "templates"
 

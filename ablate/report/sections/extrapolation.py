@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from ablate.report.format import Cells
+from ablate.report.parts import Context, Frame, Heading, Part, Section
 from ablate.report.plots import pyplot, save
-from ablate.report.sections import Context, Frame, Heading, Part, Section
 
 
 class Extrapolation(Section):

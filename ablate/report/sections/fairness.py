@@ -3,7 +3,7 @@ per-byte comparison where the arms' tokenizers differ."""
 
 from __future__ import annotations
 
-from ablate.report.sections import Bullets, Context, Heading, Part, Section
+from ablate.report.parts import Bullets, Context, Heading, Part, Section
 
 
 class Fairness(Section):

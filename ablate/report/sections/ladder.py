@@ -13,8 +13,8 @@ import pandas as pd
 
 from ablate import ladder, stats
 from ablate.report.keys import MetricKey
+from ablate.report.parts import Block, Bullets, Context, Frame, Heading, Part, Section, Table, Text
 from ablate.report.plots import pyplot, save
-from ablate.report.sections import Block, Bullets, Context, Frame, Heading, Part, Section, Table, Text
 
 
 class Ladder(Section):

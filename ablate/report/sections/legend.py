@@ -3,7 +3,7 @@ and the noise columns are."""
 
 from __future__ import annotations
 
-from ablate.report.sections import Context, Part, Section, Text
+from ablate.report.parts import Context, Part, Section, Text
 
 
 class Legend(Section):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import stats
+from ablate.report.parts import Context, Part, Section
 from ablate.report.plots import pyplot, save
-from ablate.report.sections import Context, Part, Section
 from ablate.rundir import RunDir
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ablate.report.keys import AVERAGE
+from ablate.report.parts import Context, Frame, Heading, Part, Section, Table
 from ablate.report.plots import pyplot, save
-from ablate.report.sections import Context, Frame, Heading, Part, Section, Table
 from ablate.rundir import RunDir
 
 

@@ -4,7 +4,7 @@ ratio and the smallest detectable difference (ablate.report.noise computes it)."
 from __future__ import annotations
 
 from ablate.report.format import fmt
-from ablate.report.sections import Context, Frame, Heading, Part, Section
+from ablate.report.parts import Context, Frame, Heading, Part, Section
 
 
 class Noise(Section):

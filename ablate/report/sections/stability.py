@@ -7,7 +7,7 @@ import pandas as pd
 
 from ablate import stats
 from ablate.report.format import Cells
-from ablate.report.sections import Context, Frame, Heading, Part, Section, Text
+from ablate.report.parts import Context, Frame, Heading, Part, Section, Text
 
 
 class Stability(Section):

@@ -11,8 +11,8 @@ import pandas as pd
 
 from ablate import tune
 from ablate.report.keys import VAL_LOSS
+from ablate.report.parts import Block, Context, Frame, Heading, Part, Section, Text
 from ablate.report.plots import pyplot, save
-from ablate.report.sections import Block, Context, Frame, Heading, Part, Section, Text
 
 
 class Tuning(Section):

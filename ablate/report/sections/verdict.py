@@ -9,7 +9,7 @@ from ablate import stats
 from ablate.report.analysis import Analysis
 from ablate.report.comparisons import Comparisons, comparisons, ratios
 from ablate.report.format import fmt, p_value
-from ablate.report.sections import Bullets, Context, Heading, Part, Section
+from ablate.report.parts import Bullets, Context, Heading, Part, Section
 
 
 class Verdict(Section):
