@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # interpreter: it asks for a fixture that trains (SLOW_FIXTURES), calls one of SLOW_CALLS, or is
 # marked @pytest.mark.slow by hand (long simulations, compilation).
 SLOW_FIXTURES = {"cache_dir", "any_teacher", "completed", "small_disk"}
-SLOW_CALLS = ("run_cli(", "train_in_process(", "subprocess.", "_start(")
+SLOW_CALLS = ("run_cli(", "cli_in_process(", "train_in_process(", "plan_in_process(", "subprocess.", "_start(")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -98,6 +98,54 @@ def run_cli(module: str, *args: str, check: bool = True, env: dict | None = None
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def cli_in_process(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m module args` run in this process (runpy, as `-m` runs it: the same argv, the same
+    exit status, stdout and stderr captured), for tests where what the command does is under
+    test, not the start of an interpreter (about 4 s each: torch, Hydra, lm-eval). Not for
+    commands that are signalled, killed or given another environment: those need their own process."""
+    import contextlib
+    import io
+    import runpy
+
+    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
+    sys.argv = [module, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = argv
+    proc = subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def plan_in_process(*args: str) -> str:
+    """`ablate-train -m ARGS --plan` in this process (the sweeper plans every job, checks its
+    confounds and writes runs.jsonl, trains nothing); returns what it printed. For tests where the
+    plan is under test, not the interpreter's start: a plan that fails raises its SystemExit."""
+    import contextlib
+    import io
+
+    from ablate import train
+
+    argv, out = sys.argv, io.StringIO()
+    sys.argv = ["ablate-train", "-m", *args, "--plan"]
+    try:
+        with contextlib.redirect_stdout(out):
+            try:
+                train._main()
+            except SystemExit as stop:
+                if stop.code not in (0, None):
+                    raise
+    finally:
+        sys.argv = argv
+    return out.getvalue()
 
 
 def rewound(run: Path, to: Path, step: int) -> Path:

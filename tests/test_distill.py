@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ablate.distill import distillation_loss, objective
 
-from conftest import rewound, run_cli, tiny_overrides
+from conftest import cli_in_process, rewound, run_cli, tiny_overrides
 
 TEACHER = ("model.dim=96", "train.tokens=30720", "run_name=teacher")
 STUDENT = ("train.tokens=20480", "train.micro_batch=4")  # 20 steps, checkpoints at 10 and 20
@@ -28,7 +28,7 @@ def summary(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, cache_dir) -> Path:
     results = tmp_path_factory.mktemp("teachers")
-    run_cli("ablate.train", *tiny_overrides(cache_dir, results, *TEACHER))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, results, *TEACHER))
     return results / "default" / "teacher"
 
 
@@ -126,7 +126,7 @@ def test_distilled_runs(teacher, cache_dir, tmp_path):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
     # the plan counts the teacher's forward in FLOPs/token and GPU-hours
-    plan = run_cli("ablate.train", "-m", *tiny_overrides(cache_dir, results, *STUDENT,
+    plan = cli_in_process("ablate.train", "-m", *tiny_overrides(cache_dir, results, *STUDENT,
                                                           f"train.distill.teacher={teacher}",
                                                           "train.distill.weight=0,0.5"), "--plan").stdout
     flops = [float(row.split()[3]) for row in plan.splitlines() if row.strip()[:1].isdigit() and "M " in row]

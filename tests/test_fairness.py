@@ -16,7 +16,7 @@ from ablate.config import ModelConfig, RunConfig, TuneConfig
 from ablate.model import Transformer
 from ablate.train import State
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, plan_in_process, run_cli, tiny_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -26,15 +26,14 @@ def confounds(output: str) -> list[str]:
 
 
 def test_plan_flags_a_norm_sweep_that_changes_bias_and_eps_too(tmp_path):
-    plan = run_cli("ablate.train", "-m", "model/norm=layernorm,rmsnorm", f"results_dir={tmp_path}", "--plan")
-    found = confounds(plan.stdout)
+    found = confounds(plan_in_process("model/norm=layernorm,rmsnorm", f"results_dir={tmp_path}"))
     assert [line.split(" differs")[0] for line in found] == ["confound: model.norm.bias", "confound: model.norm.eps"]
     assert "1e-05 (bias, eps=1e-05, layernorm), 1e-06 (no bias, eps=1e-06, rmsnorm)" in found[1]
     written = json.loads((tmp_path / "default" / "fairness.json").read_text())
     assert written["confounds"] == found and written["axes"] == ["model.norm.kind"]
-    held = run_cli("ablate.train", "-m", "model/norm=layernorm,rmsnorm", "model.norm.eps=1e-5",
-                   "model.norm.bias=false", f"results_dir={tmp_path}", "--plan")
-    assert confounds(held.stdout) == [] and "matched: non-embedding parameters" in held.stdout
+    held = plan_in_process("model/norm=layernorm,rmsnorm", "model.norm.eps=1e-5", "model.norm.bias=false",
+                           f"results_dir={tmp_path}")
+    assert confounds(held) == [] and "matched: non-embedding parameters" in held
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -42,8 +41,8 @@ def test_every_shipped_experiment_plans_without_a_confound(experiment, tmp_path,
     # a distillation experiment names a teacher that must exist (and be finished) before anything is planned
     teacher = [f"train.distill.teacher={request.getfixturevalue('any_teacher')}"] if "distill" in experiment \
         and experiment != "distillation_teacher" else []
-    plan = run_cli("ablate.train", "-m", f"+experiment={experiment}", f"results_dir={tmp_path}", *teacher, "--plan")
-    assert confounds(plan.stdout) == [], plan.stdout
+    plan = plan_in_process(f"+experiment={experiment}", f"results_dir={tmp_path}", *teacher)
+    assert confounds(plan) == [], plan
     # a replicate is an (init seed, data order) pair, varied fastest: the first jobs span two data orders
     name = yaml.safe_load((ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()).get("experiment")
     jobs = [json.loads(line)["config"] for line in (tmp_path / name / "runs.jsonl").read_text().splitlines()]
@@ -53,11 +52,10 @@ def test_every_shipped_experiment_plans_without_a_confound(experiment, tmp_path,
 
 
 def test_unmatched_attention_arms_are_a_parameter_confound(tmp_path):
-    plan = run_cli("ablate.train", "-m", "model/attention=mha,mqa", f"results_dir={tmp_path}", "--plan")
-    (line,) = confounds(plan.stdout)
+    (line,) = confounds(plan_in_process("model/attention=mha,mqa", f"results_dir={tmp_path}"))
     assert line.startswith("confound: non-embedding parameters differ by 12.4%") and "match_mha_params" in line
-    sized = run_cli("ablate.train", "-m", "model.dim=128,256", f"results_dir={tmp_path}", "--plan")
-    assert confounds(sized.stdout) == [] and "differs by design: non-embedding parameters" in sized.stdout
+    sized = plan_in_process("model.dim=128,256", f"results_dir={tmp_path}")
+    assert confounds(sized) == [] and "differs by design: non-embedding parameters" in sized
 
 
 def test_a_role_treated_or_started_differently_is_a_confound(monkeypatch):
@@ -129,12 +127,12 @@ def test_tune_lr_end_to_end(cache_dir, tmp_path):
              "tune.lr_multipliers=[0.5,1,2]",
              *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192", "train.eval_every=0")]
     root = tmp_path / "default"
-    plan = run_cli("ablate.train", *sweep, "--plan")
+    plan = cli_in_process("ablate.train", *sweep, "--plan")
     assert "LR tuning (one run per arm and LR): 6 jobs" in plan.stdout
     assert "after tuning, at each arm's chosen LR: 4 jobs" in plan.stdout and not (root / "tune").exists()
     lines = (root / "jobs.txt").read_text().splitlines()  # what can run now: the tuning
     assert len(lines) == 6 and all("tune/" in line and "optim.lr=" in line for line in lines)
-    run_cli("ablate.train", *sweep)
+    cli_in_process("ablate.train", *sweep)
     lines = (root / "jobs.txt").read_text().splitlines()
     assert len(lines) == 4 and all("tune/" not in line and "optim.lr=" in line for line in lines)
     chosen = json.loads((root / "tune.json").read_text())
@@ -163,13 +161,13 @@ def test_tune_lr_end_to_end(cache_dir, tmp_path):
     assert {c["data"]["seed"] for c in tuned}.isdisjoint(c["data"]["seed"] for c in reported)
     assert {c["data"]["holdout"] for c in tuned} == {"tuning"} and {c["data"]["holdout"] for c in reported} == {
         "validation"}
-    report = run_cli("ablate.report", f"path={root}")
+    report = cli_in_process("ablate.report", f"path={root}")
     table = (root / "report" / "table.md").read_text()
     assert "## Learning rate, per arm" in table and "chosen LR" in table and "## Stability" in table
     assert "at the shared base LR 0.003 (one run an arm)" in table
     assert "| mha " in table and "lr=" not in table.split("## Main metrics")[1].split("\n")[4]  # arms not named by LR
     assert (root / "report" / "lr_sensitivity.png").stat().st_size > 10_000 and "lr_sensitivity" in report.stdout
-    again = run_cli("ablate.train", *sweep)  # everything done: nothing launched, the same choice
+    again = cli_in_process("ablate.train", *sweep)  # everything done: nothing launched, the same choice
     assert "to run: 0 jobs" in again.stdout and json.loads((root / "tune.json").read_text()) == chosen
 
 

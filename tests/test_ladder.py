@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from ablate.cli import compose_root
 from ablate.config import RunConfig
@@ -15,7 +16,7 @@ from ablate.lifecycle import for_train
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
 
-from conftest import run_cli, tiny_overrides
+from conftest import cli_in_process, plan_in_process, tiny_overrides
 
 
 def config(*overrides: str) -> RunConfig:
@@ -92,12 +93,12 @@ def test_a_tiny_ladder_plans_trains_and_reports(cache_dir, tmp_path):
     ladder = ["ladder.size=16,24,32", "ladder.head_dim=8", "ladder.aspect=16", "ladder.tokens_per_param=2",
               "model/position=rope,alibi", "train.checkpoint_every=1000", "train.eval_every=0"]
     args = ["-m", *tiny_overrides(cache_dir, tmp_path), *ladder]
-    plan = run_cli("ablate.train", *args, "--plan").stdout
+    plan = cli_in_process("ablate.train", *args, "--plan").stdout
     assert "ladder rungs (per run):" in plan and "rung size=16: matched: non-embedding parameters" in plan
     lines = plan.split("ladder rungs (per run):")[1].strip().splitlines()[1:]
     assert [line.split()[0] for line in lines] == ["16", "24", "32"] and all(line.split()[-1] == "2" for line in lines)
-    run_cli("ablate.train", *args)
-    out = run_cli("ablate.report", f"path={tmp_path / 'default'}", "target_flops=1e14").stdout
+    cli_in_process("ablate.train", *args)
+    out = cli_in_process("ablate.report", f"path={tmp_path / 'default'}", "target_flops=1e14").stdout
     report = tmp_path / "default" / "report"
     fits = pd.read_csv(report / "ladder.csv")
     assert sorted(fits.variant) == ["alibi", "rope"] and set(fits.metric) == {"train|val_loss"}
@@ -108,12 +109,14 @@ def test_a_tiny_ladder_plans_trains_and_reports(cache_dir, tmp_path):
     assert table.agrees_with_largest.dropna().isin([True, False]).all()
     assert (report / "scaling.png").stat().st_size > 5000 and (report / "ranks.png").stat().st_size > 5000
     assert "## Ladder" in out and "Decision accuracy" in out
-    summary = json.loads(next((tmp_path / "default").glob("*size=32*-s0/summary.json")).read_text())
+    (largest,) = [run for run in (tmp_path / "default").glob("*-s0")  # a name gives way to a hash when long
+                  if "alibi" in run.name and yaml.safe_load((run / "config.yaml").read_text())["ladder"]["size"] == 32]
+    summary = json.loads((largest / "summary.json").read_text())
     assert summary["tokens_seen"] >= 2 * summary["non_embedding_params"]
 
 
 def test_arms_of_a_rung_must_match(cache_dir, tmp_path):
-    out = run_cli("ablate.train", "-m", *tiny_overrides(cache_dir, tmp_path), "ladder.size=16,32",
-                  "ladder.head_dim=8", "model/attention=mha,mqa", "--plan").stdout
+    out = plan_in_process(*tiny_overrides(cache_dir, tmp_path), "ladder.size=16,32", "ladder.head_dim=8",
+                          "model/attention=mha,mqa")
     assert "confound: rung size=16: non-embedding parameters differ" in out
     assert "confound: rung size=32: non-embedding parameters differ" in out

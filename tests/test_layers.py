@@ -2,9 +2,10 @@
 functions too) and proven by importing each module on its own."""
 
 import ast
-import subprocess
+import importlib
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from pathlib import Path
 
 from conftest import ROOT
@@ -81,13 +82,51 @@ def test_no_import_cycle_in_the_package():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
-def test_each_module_imports_on_its_own():
-    """Each module imported first, alone, in a fresh interpreter (a cycle held together by import
-    order would fail here)."""
-    def load(name: str) -> tuple[str, subprocess.CompletedProcess]:
-        return name, subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True,
-                                    text=True)
+def _import_alone(name: str) -> str:
+    """Import `name` in a forked child whose interpreter holds no module of the package (the
+    third-party libraries stay loaded, so a fork costs little); '' if it imports, else the error."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 0
+        try:
+            # the package's modules, and lm-eval's, whose registry holds what the package registered
+            for loaded in [m for m in sys.modules if m.split(".")[0] in (*PACKAGES, "lm_eval")]:
+                del sys.modules[loaded]
+            importlib.import_module(name)
+        except BaseException:
+            os.write(write, traceback.format_exc()[-1500:].encode())
+            code = 1
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        error = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return error or ("" if os.waitstatus_to_exitcode(status) == 0 else f"exit status {status}")
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        failed = {name: proc.stderr[-1500:] for name, proc in pool.map(load, modules()) if proc.returncode}
+
+def test_each_module_imports_on_its_own():
+    """Each module imported first, alone, with no other module of the package loaded (a cycle held
+    together by import order would fail here): each in a forked child of a parent that has loaded
+    the third-party libraries (by importing every module once), so each child runs only the
+    package's own imports."""
+    for name in modules():  # every library any module needs, loaded once before the forks
+        if not name.endswith("__main__"):
+            importlib.import_module(name)
+    failed = {name: error for name in modules() if (error := _import_alone(name))}
     assert not failed, failed
+
+
+def test_a_module_that_needs_another_loaded_first_is_caught(tmp_path, monkeypatch):
+    """The check fails on a module that only imports when something else was imported before it."""
+    package = tmp_path / "ablate_probe_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "needs.py").write_text("import sys\nassert 'ablate_probe_pkg.first' in sys.modules\n")
+    (package / "first.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGES", (*PACKAGES, "ablate_probe_pkg"))
+    importlib.import_module("ablate_probe_pkg.first")
+    assert _import_alone("ablate_probe_pkg.first") == ""
+    assert "AssertionError" in _import_alone("ablate_probe_pkg.needs")

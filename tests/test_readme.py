@@ -14,7 +14,7 @@ from ablate.config import RunConfig
 from ablate.evaluate import parse as parse_eval
 from ablate.lifecycle import for_train
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, plan_in_process, run_cli
 
 PLACEHOLDER = re.compile(r"[\[<]|\b[A-Z]{1,}\b(?!=)")  # [OPTIONS], <run>, NAME, PATH, X
 
@@ -52,8 +52,8 @@ def test_readme_command_composes(command, tmp_path, request):
     if "+experiment=distillation" in args:  # its teacher must exist before anything is planned
         args = [*args, f"train.distill.teacher={request.getfixturevalue('any_teacher')}"]
     if name in ("ablate-train", "ablate-prepare") and "-m" in args:
-        out = run_cli("ablate.train", *args, "--plan", f"results_dir={tmp_path}")
-        assert "to run:" in out.stdout
+        out = plan_in_process(*[a for a in args if a != "-m"], f"results_dir={tmp_path}")
+        assert "to run:" in out
     elif name in ("ablate-train", "ablate-prepare"):
         overrides = [a for a in args if a not in ("--cfg", "job")]
         for_train(RunConfig.from_dict(compose_root(overrides)))

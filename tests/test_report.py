@@ -23,7 +23,7 @@ from ablate.report.sections import sections
 from ablate.report.writers import markdown
 from ablate.rundir import ExperimentDir, RunDir
 
-from conftest import run_cli, tiny_overrides
+from conftest import cli_in_process, tiny_overrides
 
 TASK_A = "task_a acc (chance 0.500)"  # the column of make_run's task, a two-choice one
 
@@ -196,9 +196,9 @@ def test_chance_groups_and_averages(tmp_path):
 
 
 def test_report_of_a_real_sweep(cache_dir, tmp_path):
-    run_cli("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true", "eval=probes",
+    cli_in_process("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true", "eval=probes",
             "eval.probe_items=40", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"))
-    out = run_cli("ablate.report", "experiment=default", f"results_dir={tmp_path}")
+    out = cli_in_process("ablate.report", "experiment=default", f"results_dir={tmp_path}")
     assert out.stdout.startswith("# default: 2 variants") and "## Verdict" in out.stdout
     assert "agreement acc (chance 0.500" in out.stdout
     assert "one run per variant, so training noise is unknown" in out.stdout
@@ -248,7 +248,7 @@ def test_baseline_is_the_sweeps_first_arm_and_must_exist(tmp_path):
     assert s.baseline == "rope" and s.variants == ["rope", "alibi"]  # not alphabetical
     with pytest.raises(ConfigError, match=r"baseline='rop': not a variant of this experiment \(valid: rope, alibi\)"):
         analyse(collect(root), baseline="rop")
-    out = run_cli("ablate.report", f"path={root}", "baseline=rop", check=False)
+    out = cli_in_process("ablate.report", f"path={root}", "baseline=rop", check=False)
     assert out.returncode == 2 and "baseline='rop'" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -270,14 +270,14 @@ def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
     runs: no mark (Welch). Width: 32 against 128 on shared replicates: the validation loss
     difference is marked (paired over replicates)."""
     def sweep(name: str, *args: str) -> None:
-        run_cli("ablate.train", "-m", *tiny_overrides(cache_dir, tmp_path / name, "train.tokens=20480",
+        cli_in_process("ablate.train", "-m", *tiny_overrides(cache_dir, tmp_path / name, "train.tokens=20480",
                                                       "train.eval_every=0", *args))
 
     sweep("same", "seed=0,1,2")
     sweep("same", "optim.eps=1.1e-8", "seed=3,4,5")
     sweep("width", "model.dim=32,128", "seed=0,1,2")
     for name, marked, test in (("same", False, "welch over runs"), ("width", True, "paired over replicates")):
-        run_cli("ablate.report", f"path={tmp_path / name / 'default'}")
+        cli_in_process("ablate.report", f"path={tmp_path / name / 'default'}")
         comps = pd.read_csv(tmp_path / name / "default" / "report" / "comparisons.csv").set_index("metric")
         row = comps.loc["train|val_loss"]
         assert (row.n_seeds, row.n_seeds_baseline, row.test) == (3, 3, test)
@@ -370,7 +370,7 @@ def test_a_declared_family_is_the_one_marked(tmp_path):
     assert comps.table.set_index("metric").loc["train|val_loss"].family == "exploratory"
     with pytest.raises(ConfigError, match=r"report.primary='val_los': not a metric of this table \(valid: "):
         comparisons(summary, primary=["val_los"])
-    out = run_cli("ablate.report", f"path={root}", "primary=task_a|acc")
+    out = cli_in_process("ablate.report", f"path={root}", "primary=task_a|acc")
     assert "primary family (task_a acc)" in out.stdout
 
 

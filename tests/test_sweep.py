@@ -7,7 +7,7 @@ import json
 import re
 import shlex
 
-from conftest import run_cli, tiny_overrides
+from conftest import cli_in_process, run_cli, tiny_overrides
 
 
 def statuses(plan: str) -> list[str]:
@@ -17,7 +17,7 @@ def statuses(plan: str) -> list[str]:
 
 def test_plan_then_sweep_then_nothing_left(cache_dir, tmp_path):
     sweep = ["-m", "model/position=rope,alibi", "seed=0,1", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096")]
-    plan = run_cli("ablate.train", *sweep, "--plan")
+    plan = cli_in_process("ablate.train", *sweep, "--plan")
     root = tmp_path / "default"
     assert "to run: 4 jobs" in plan.stdout and statuses(plan.stdout) == ["new"] * 4
     assert not [p for p in root.iterdir() if p.is_dir()], "a plan launches nothing"
@@ -30,11 +30,11 @@ def test_plan_then_sweep_then_nothing_left(cache_dir, tmp_path):
         assert row["config"]["model"]["position"]["kind"] == job[0].split("=")[1]
         assert row["config"]["seed"] == int(job[1].split("=")[1]) and row["run"].endswith(f"-s{row['config']['seed']}")
         assert str(root / row["run"]) in plan.stdout
-    run_cli("ablate.train", *sweep)
+    cli_in_process("ablate.train", *sweep)
     runs = sorted(p for p in root.iterdir() if p.is_dir())
     assert sorted(r.name for r in runs) == sorted(row["run"] for row in planned)
     trained = {r: (r / "metrics.jsonl").read_text() for r in runs}
-    again = run_cli("ablate.train", *sweep)
+    again = cli_in_process("ablate.train", *sweep)
     assert "to run: 0 jobs" in again.stdout and statuses(again.stdout) == ["completed"] * 4
     assert {r: (r / "metrics.jsonl").read_text() for r in runs} == trained
 
@@ -50,22 +50,22 @@ def test_one_bad_job_stops_the_sweep_before_anything_runs(cache_dir, tmp_path):
 def test_a_rerun_sweep_only_evaluates_what_is_missing(cache_dir, tmp_path):
     sweep = ["-m", "model/position=rope,alibi", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096")]
     evaluate = ["train.eval_at_end=true", "eval=probes", "eval.probe_items=40", "eval.limit=10"]
-    run_cli("ablate.train", *sweep)  # trained, not evaluated
+    cli_in_process("ablate.train", *sweep)  # trained, not evaluated
     runs = sorted(p for p in (tmp_path / "default").iterdir() if (p / "summary.json").exists())
     assert len(runs) == 2
     trained = {r: (r / "metrics.jsonl").read_text() for r in runs}
-    plan = run_cli("ablate.train", *sweep, *evaluate, "--plan")
+    plan = cli_in_process("ablate.train", *sweep, *evaluate, "--plan")
     assert plan.stdout.count("to evaluate") == 2 and "to run: 2 jobs, 0 GPU-hours" in plan.stdout
-    run_cli("ablate.train", *sweep, *evaluate)
+    cli_in_process("ablate.train", *sweep, *evaluate)
     for run in runs:
         provenance = json.loads((run / "eval" / "probes.json").read_text())["provenance"]
         assert provenance["final"] and provenance["step"] == 4
         assert (run / "metrics.jsonl").read_text() == trained[run]  # evaluated, not trained again
-    assert "to run: 0 jobs" in run_cli("ablate.train", *sweep, *evaluate, "--plan").stdout
+    assert "to run: 0 jobs" in cli_in_process("ablate.train", *sweep, *evaluate, "--plan").stdout
 
 
 def test_an_unknown_eval_task_stops_the_sweep_before_anything_runs(cache_dir, tmp_path):
-    out = run_cli("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true",
+    out = cli_in_process("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true",
                   "+eval.suites.mine.tasks=[hellaswg]", *tiny_overrides(cache_dir, tmp_path), check=False)
     assert out.returncode != 0 and "eval task='hellaswg': unknown" in out.stderr and "hellaswag" in out.stderr
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -12,7 +12,7 @@ import pytest
 from ablate.data.tokens import Tokenizer
 from ablate.tokenizer_study import builtin_sample, mix, rule_decision, split
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, run_cli, tiny_overrides
 
 MANPAGES = ROOT.parent / "shared" / "data" / "text" / "multilingual"
 COLUMNS = ["language", "vocab_size", "fertility_multilingual", "fertility_monolingual", "ratio", "breaks_rule"]
@@ -99,11 +99,11 @@ def test_the_study_on_fifteen_languages(tmp_path):
 
 def test_a_tokenizer_sweep_is_reported_in_bits_per_byte(cache_dir, tmp_path):
     sweep = tiny_overrides(cache_dir, tmp_path, "train.tokens=20480", "train.log_every=10")
-    plan = run_cli("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1", "--plan").stdout
+    plan = cli_in_process("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1", "--plan").stdout
     assert "differs by design: the tokenizer (data.vocab_size)" in plan and "bits per byte" in plan
     flops = {float(row.split()[3]) for row in plan.splitlines() if row.strip()[:1].isdigit() and "M " in row}
     assert len(flops) == 2  # the planned heads follow each arm's vocabulary, not model.vocab_size
-    run_cli("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1")
+    cli_in_process("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1")
     experiment = tmp_path / "default"
     runs = sorted(p for p in experiment.iterdir() if (p / "summary.json").exists())
     assert len(runs) == 4
@@ -120,7 +120,7 @@ def test_a_tokenizer_sweep_is_reported_in_bits_per_byte(cache_dir, tmp_path):
     text = Tokenizer.load(run / "tokenizer.json").decode(np.asarray(val[1:n + 1]).tolist())
     assert s["val_bpb"] == pytest.approx(s["val_loss"] / math.log(2) * n / len(text.encode()), rel=1e-9)
 
-    run_cli("ablate.report", f"path={experiment}")
+    cli_in_process("ablate.report", f"path={experiment}")
     md = (experiment / "report" / "table.md").read_text()
     assert "the arms use different tokenizers (`data.vocab_size`): losses are compared in bits per byte" in md
     verdict = md.split("## Verdict")[1].split("##")[0]
