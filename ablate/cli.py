@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ablate.checkpoint import CheckpointError
 from ablate.config import IDENTITY, OPERATIONAL, ModelConfig, RunConfig
 from ablate.files import WriteError
 from ablate.registry import ConfigError
-from ablate.rundir import RunDirError, RunError
+from ablate.run.checkpoint import CheckpointError
+from ablate.run.rundir import RunDirError, RunError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # the mistakes a user can make, and a disk that is full, each reported as one line
@@ -146,12 +146,12 @@ def name_value(value: str) -> str:
 
 def run_config(node: Any, phase: str = "train") -> RunConfig:
     """The RunConfig of a composed Hydra config (its `hydra` node dropped), checked for `phase`
-    (ablate.lifecycle: plan or train)."""
+    (ablate.run.lifecycle: plan or train)."""
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(node, resolve=False)
     data.pop("hydra", None)  # resolving it needs a running job; ${hydra:...} reads HydraConfig instead
-    from ablate import lifecycle
+    from ablate.run import lifecycle
 
     return lifecycle.check(RunConfig.from_dict(OmegaConf.to_container(OmegaConf.create(data), resolve=True)), phase)
 

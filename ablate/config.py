@@ -250,7 +250,7 @@ class OptimConfig:
 
 @dataclass
 class DistillConfig:
-    """Distillation from a teacher (ablate.distill): the loss is (1 - weight) x next-token
+    """Distillation from a teacher (ablate.train.distill): the loss is (1 - weight) x next-token
     cross-entropy + weight x temperature^2 x KL(teacher || student) at that temperature, over the
     full vocabulary or the teacher's top_k tokens. weight 0 is plain training (no teacher runs)."""
 
@@ -272,7 +272,7 @@ class TrainConfig:
     compile: bool | str = operational("auto")  # auto: each block on CUDA (eager elsewhere) | true | false
     parallel: str = operational("ddp")  # ddp (replicas) | fsdp (each block sharded; torch.distributed.checkpoint)
     device: str = operational("auto")  # auto | cpu | cuda
-    peak_tflops: float | None = operational(None)  # one device's peak, for MFU; null: ablate.devices (none on CPU)
+    peak_tflops: float | None = operational(None)  # one device's peak, for MFU; null: train/devices.py (none on CPU)
     threads: int | None = operational(None)  # torch threads per process; null: the cores divided among local processes
     log_every: int = operational(10)  # steps
     eval_every: int = operational(100)  # steps between validation losses; 0: only at the end
@@ -282,7 +282,7 @@ class TrainConfig:
     retry_diverged: bool = operational(False)  # train a diverged run again from its last good checkpoint
     progress: str = operational("auto")  # auto (a bar on a terminal, log lines otherwise) | bar | lines
     distill: DistillConfig = field(default_factory=DistillConfig)
-    # where metrics go besides metrics.jsonl (always): tensorboard, wandb, trackio (ablate.trackers)
+    # where metrics go besides metrics.jsonl (always): tensorboard, wandb, trackio (ablate.train.trackers)
     loggers: list[str] = operational(factory=lambda: ["jsonl"])
     tracker_project: str = operational("ablate")  # W&B / trackio project; the experiment is the group
     wandb_mode: str | None = operational(None)  # online | offline | disabled; null: WANDB_MODE or wandb's default
@@ -322,7 +322,7 @@ class CostConfig:
 
 @dataclass
 class FairnessConfig:
-    """What the plan's fairness check (ablate.fairness) may take as asked for."""
+    """What the plan's fairness check (ablate.plan.fairness) may take as asked for."""
 
     axis: list[str] = field(default_factory=list)  # fields the experiment declares part of its axis (or "params")
     param_tolerance: float = 0.01  # a wider spread of non-embedding parameters is a confound
@@ -393,7 +393,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a mapping; unknown keys, wrong types and impossible numbers raise ConfigError
-        (unknown choices: ablate.lifecycle)."""
+        (unknown choices: ablate.run.lifecycle)."""
         config = from_dict(cls, data, "")
         config.validate()
         return config

@@ -1,8 +1,8 @@
 """Ladders: an axis at several model sizes, and how far the small rungs' answer can be trusted.
 
 A ladder experiment sweeps `ladder.size` beside its axis. Each rung's shape and budget follow from
-the size (`apply`), so that every arm of a rung has the same shape and every rung the same
-proportions:
+the size (ablate.run.lifecycle.apply_rung, where a run's config is derived), so that every arm of
+a rung has the same shape and every rung the same proportions:
 
     model.dim                = size
     model.attention.n_heads  = max(1, size // ladder.head_dim)        (size must be a multiple)
@@ -10,12 +10,12 @@ proportions:
     train.tokens             = ladder.tokens_per_param x non-embedding parameters, rounded up to
                                whole batches (null: train.tokens as configured)
 
-The report (`analyse`) then fits, per variant and metric, L(C) = E + A * C^(-alpha) to the runs'
-final values against training compute C (FLOPs/token x tokens), with intervals from resampling
-each rung's seeds; predicts L at a target compute; ranks the variants at each rung; and measures,
-for every pair of variants, whether the order at each smaller rung is the order at the largest
-(the share of pairs that agree is DataDecide's decision accuracy), flagging a pair whose
-difference changes sign across rungs.
+This module holds the statistics. The report (`analyse`) fits, per variant and metric,
+L(C) = E + A * C^(-alpha) to the runs' final values against training compute C (FLOPs/token x
+tokens), with intervals from resampling each rung's seeds; predicts L at a target compute; ranks
+the variants at each rung; and measures, for every pair of variants, whether the order at each
+smaller rung is the order at the largest (the share of pairs that agree is DataDecide's decision
+accuracy), flagging a pair whose difference changes sign across rungs.
 """
 
 from __future__ import annotations
@@ -29,32 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ablate import stats
-from ablate.config import RunConfig
-from ablate.registry import ConfigError
 
-# the fields a rung sets: they differ between rungs by design, never between the arms of one
-DERIVED = ("ladder.size", "model.dim", "model.attention.n_heads", "model.n_layers", "train.tokens")
 BOOTSTRAP = 1000  # resamples of each rung's seeds for the fits' intervals
-
-
-def apply(cfg: RunConfig) -> RunConfig:
-    """Set the rung's shape and budget from `ladder.size` (no-op without one). Returns cfg."""
-    lad = cfg.ladder
-    if lad.size is None:
-        return cfg
-    if lad.size % lad.head_dim and lad.size > lad.head_dim:
-        raise ConfigError("ladder.size", lad.size, f"must be a multiple of ladder.head_dim={lad.head_dim}")
-    cfg.model.dim = lad.size
-    cfg.model.attention.n_heads = max(1, lad.size // lad.head_dim)
-    cfg.model.attention.head_dim = None
-    cfg.model.n_layers = max(lad.min_layers, round(lad.size / lad.aspect))
-    if lad.tokens_per_param is not None:
-        from ablate.model.facts import model_facts
-
-        params = model_facts(cfg.model, cfg.seq_len).non_embedding_params
-        batches = math.ceil(lad.tokens_per_param * params / cfg.train.batch_tokens)
-        cfg.train.tokens = max(1, batches) * cfg.train.batch_tokens
-    return cfg
 
 
 # ---- fits ---------------------------------------------------------------------------------------
@@ -176,11 +152,6 @@ def ranks(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
 
 
 # ---- from a collected experiment ----------------------------------------------------------------
-def rung_label(cfg: dict[str, Any]) -> str:
-    ratio = cfg.get("ladder.tokens_per_param")
-    return f"size={cfg.get('ladder.size')}" + (f", {ratio:g} tok/param" if ratio is not None else "")
-
-
 def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     """The ladder part of a report, from collect()'s rows (completed runs with a `rung` and an
     `arm`): per metric (validation loss, and bits per byte where evaluated), fits per arm; per

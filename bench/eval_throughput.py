@@ -43,9 +43,9 @@ def main() -> None:
     from ablate.config import RunConfig
     from ablate.data.tokens import prepare
     from ablate.evaluate import probe_dir, task_manager
-    from ablate.export import hf_tokenizer
+    from ablate.evaluate.export import hf_tokenizer
+    from ablate.evaluate.lm import AblateLM, load_run
     from ablate.hf import to_hf
-    from ablate.lm import AblateLM, load_run
     from ablate.model import Transformer
     from ablate.train import padded_vocab
 

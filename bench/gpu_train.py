@@ -14,7 +14,7 @@ recipe). The models take turns in rounds of --steps steps, the order reversing e
 device is synchronised only at the ends of a round.
 
 Prints, per size and model: tokens/s (median over rounds), model FLOPs utilisation (the FLOPs/token
-of ablate.model.facts against the GPU's dense bf16 peak, ablate.devices; --peak-tflops overrides)
+of ablate.model.facts against the GPU's dense bf16 peak, ablate.train.devices; --peak-tflops overrides)
 and peak memory; then the ratio ablate / transformers.
 """
 
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate.cli import compose_model
-from ablate.devices import compile_blocks, mfu, peak_tflops
 from ablate.hf import to_hf
 from ablate.model import Transformer, model_facts
 from ablate.train import step_unless_not_finite
+from ablate.train.devices import compile_blocks, mfu, peak_tflops
 
 # (dim, layers, heads): GPT-3's 125M and 350M shapes, as Llama blocks with a 32,000-token vocabulary
 SIZES = {"125m": (768, 12, 12), "350m": (1024, 24, 16), "tiny": (64, 2, 4)}
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="one device's peak; default: ablate.devices")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="one device's peak; default: train/devices.py")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

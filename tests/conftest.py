@@ -80,7 +80,7 @@ def train_in_process(cache: Path, results: Path, name: str, *extra: str) -> Path
     returns its run directory. For tests where the command line is not what is under test."""
     from ablate.cli import compose_root
     from ablate.config import RunConfig
-    from ablate.lifecycle import for_train
+    from ablate.run.lifecycle import for_train
     from ablate.train import train
 
     cfg = for_train(RunConfig.from_dict(compose_root(tiny_overrides(cache, results, *extra))))

@@ -1,4 +1,4 @@
-"""Distillation (ablate.distill) through the real entry points: a teacher trained by ablate (and the
+"""Distillation (ablate.train.distill) through the real entry points: a teacher trained by ablate (and the
 same teacher exported to transformers), students distilled from it, the refusals."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate.distill import distillation_loss, objective
+from ablate.train.distill import distillation_loss, objective
 
 from conftest import cli_in_process, rewound, run_cli, tiny_overrides
 
@@ -73,8 +73,9 @@ def test_the_loss_is_the_kl_of_the_teacher_and_the_student_at_the_temperature():
 
 def test_gradients_reach_the_student_only():
     from ablate.config import DistillConfig, ModelConfig
-    from ablate.distill import Teacher, TeacherInfo
     from ablate.model import Transformer
+    from ablate.run.teacher import TeacherInfo
+    from ablate.train.distill import Teacher
 
     cfg = ModelConfig(dim=32, n_layers=2, vocab_size=64, max_seq_len=16)
     stu, tea = Transformer(cfg), Transformer(cfg)
@@ -134,7 +135,7 @@ def test_distilled_runs(teacher, cache_dir, tmp_path):
 
     # the same teacher exported to transformers: the same distillation
     hf_dir = tmp_path / "hf"
-    run_cli("ablate.export", f"run={teacher}", f"out={hf_dir}")
+    run_cli("ablate.evaluate.export", f"run={teacher}", f"out={hf_dir}")
     via_hf = student(cache_dir, results, "half_hf", f"train.distill.teacher={hf_dir}", "train.distill.weight=0.5",
                      "train.distill.temperature=2")
     assert summary(via_hf)["teacher"]["kind"] == "transformers"

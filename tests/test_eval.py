@@ -17,10 +17,10 @@ import torch
 import ablate
 from ablate.config import EvalConfig, ModelConfig, PositionConfig
 from ablate.evaluate import extrapolation, probe_dir, task_manager
-from ablate.lm import AblateLM, RunError, load_run
+from ablate.evaluate.lm import AblateLM, RunError, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir
+from ablate.run.rundir import RunDir
 
 from conftest import ROOT, run_cli, tiny_overrides
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory, cache_dir) -> Path:
     results = tmp_path_factory.mktemp("results")
     run_cli("ablate.train", *tiny_overrides(cache_dir, results, "run_name=tiny", "train.tokens=81920"))
     run = results / "default" / "tiny"
-    run_cli("ablate.export", f"run={run}")
+    run_cli("ablate.evaluate.export", f"run={run}")
     return run
 
 
@@ -164,10 +164,11 @@ def test_harness_is_lm_eval_command_line(trained, cache_dir, tmp_path):
     probes = probe_dir(str(cache_dir), 1234, 60)
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "mini_agreement.yaml").write_text(
-        f"include: {ROOT / 'ablate' / 'tasks' / 'ablate_agreement.yaml'}\ntask: mini_agreement\n"
+        f"include: {ROOT / 'ablate' / 'evaluate' / 'tasks' / 'ablate_agreement.yaml'}\ntask: mini_agreement\n"
         f"dataset_kwargs: {{data_files: {{test: {probes / 'agreement.jsonl'}}}}}\n")
-    run_cli("ablate.harness", "--model", "ablate", "--model_args", f"run={trained}", "--tasks", "mini_agreement",
-            "--include_path", str(tmp_path / "tasks"), "--limit", "8", "--output_path", str(tmp_path / "out"))
+    run_cli("ablate.evaluate.harness", "--model", "ablate", "--model_args", f"run={trained}", "--tasks",
+            "mini_agreement", "--include_path", str(tmp_path / "tasks"), "--limit", "8", "--output_path",
+            str(tmp_path / "out"))
     (result,) = (tmp_path / "out").rglob("results*.json")
     assert "mini_agreement" in json.loads(result.read_text())["results"]
 
@@ -212,7 +213,7 @@ def test_errors_name_what_exists(trained, tmp_path):
 def test_export_only_what_transformers_implements(cache_dir, tmp_path):
     run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=alibi", "model/position=alibi",
                                             "train.tokens=1024"))
-    out = run_cli("ablate.export", f"run={tmp_path / 'default' / 'alibi'}", check=False)
+    out = run_cli("ablate.evaluate.export", f"run={tmp_path / 'default' / 'alibi'}", check=False)
     assert out.returncode == 2 and "no transformers class implements it" in out.stderr
     assert "llama: position.kind is 'alibi', needs 'rope'" in out.stderr
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from ablate import fairness, optimizer, tune
 from ablate.config import ModelConfig, RunConfig, TuneConfig
 from ablate.model import Transformer
-from ablate.train import State
+from ablate.plan import fairness, tune
+from ablate.train import State, optimizer
 
 from conftest import ROOT, cli_in_process, plan_in_process, run_cli, tiny_overrides
 

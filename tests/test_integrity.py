@@ -72,8 +72,8 @@ def _malicious_copy(run: Path, to: Path, marker: Path) -> Path:
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(completed, cache_dir, tmp_path):
     """ablate-eval (the final checkpoint and checkpoint=), ablate-export, a distillation teacher and
     a resume: each refuses with one line naming the file and what it asked for, and nothing ran."""
-    from ablate.checkpoint import UnsafeCheckpointError, latest
-    from ablate.export import export_run
+    from ablate.evaluate.export import export_run
+    from ablate.run.checkpoint import UnsafeCheckpointError, latest
 
     marker = tmp_path / MARK
     bad = _malicious_copy(completed, tmp_path / "bad", marker)
@@ -93,7 +93,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(completed, cache
 
 
 def test_sharded_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
-    from ablate.checkpoint import UnsafeCheckpointError, load, restore, save_sharded
+    from ablate.run.checkpoint import UnsafeCheckpointError, load, restore, save_sharded
 
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters())
@@ -113,7 +113,7 @@ def test_sharded_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
 def test_a_checkpoint_of_an_older_ablate_still_loads_and_resumes_exactly(completed, cache_dir, tmp_path):
     """Written with numpy's RNG state as an array (before RNG states were stored as tensors): it
     loads through the allowlist of numpy's array types, and the resumed run ends as a straight one."""
-    from ablate.checkpoint import load
+    from ablate.run.checkpoint import load
 
     extra = ("train.tokens=20480", "train.checkpoint_every=10")
     straight = train_in_process(cache_dir, tmp_path / "a", "r", *extra)
@@ -194,9 +194,9 @@ def test_a_dead_holder_is_taken_over_and_its_temporary_files_removed(cache_dir, 
 
 def test_an_evaluation_or_export_of_a_run_in_use_stops(completed, tmp_path):
     from ablate.evaluate import evaluate_run
-    from ablate.rundir import RunDir, RunDirError
+    from ablate.run.rundir import RunDir, RunDirError
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ablate.rundir import RunDir\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ablate.run.rundir import RunDir\n"
                                f"with RunDir({str(completed)!r}).lock():\n print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -301,7 +301,7 @@ def test_a_full_disk_is_named_recorded_and_resumed_from(small_disk, cache_dir, t
 
 def test_a_summary_is_never_left_running_when_the_disk_is_full(completed, small_disk):
     """With no free block left, the failed summary is written over the old one in place."""
-    from ablate.rundir import RunDir
+    from ablate.run.rundir import RunDir
 
     run = RunDir(small_disk / "run")
     run.path.mkdir()
@@ -331,8 +331,8 @@ def test_a_run_name_cannot_leave_the_experiment(name, cache_dir, tmp_path):
 
 
 def test_a_checkpoint_named_by_a_relative_path_stays_in_the_run(completed, tmp_path):
-    from ablate.lm import load_run
-    from ablate.rundir import RunDir, RunError
+    from ablate.evaluate.lm import load_run
+    from ablate.run.rundir import RunDir, RunError
 
     elsewhere = tmp_path / "copy.pt"
     shutil.copy(sorted((completed / "checkpoints").glob("step_*.pt"))[-1], elsewhere)
@@ -376,9 +376,9 @@ def test_a_finished_run_loads_without_its_trackers_or_its_teacher(completed, tmp
     import yaml
 
     from ablate.config import RunConfig
-    from ablate.lifecycle import for_train
-    from ablate.lm import load_run
+    from ablate.evaluate.lm import load_run
     from ablate.registry import ConfigError
+    from ablate.run.lifecycle import for_train
 
     copy = tmp_path / "logged"
     shutil.copytree(completed, copy)
@@ -400,7 +400,7 @@ def test_a_run_begun_before_a_field_existed_still_resumes(cache_dir, tmp_path):
     default, so the run resumes; a real difference is still refused."""
     import yaml
 
-    from ablate.rundir import RunDirError
+    from ablate.run.rundir import RunDirError
 
     run = train_in_process(cache_dir, tmp_path, "old", "train.tokens=4096")
     config = yaml.safe_load((run / "config.yaml").read_text())

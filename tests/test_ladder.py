@@ -12,9 +12,9 @@ import yaml
 from ablate.cli import compose_root
 from ablate.config import RunConfig
 from ablate.ladder import decision_accuracy, decisions, fit_power_law, fit_with_intervals, ranks
-from ablate.lifecycle import for_train
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
+from ablate.run.lifecycle import for_train
 
 from conftest import cli_in_process, plan_in_process, tiny_overrides
 

@@ -76,6 +76,45 @@ def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+# the package's layers, from the bottom: a module imports only from its own layer or one below.
+# The phases read upward in the order each builds on the one before: training evaluates as it goes,
+# a plan checks every job as training and evaluation will, a report reads plans, runs and evaluations.
+LAYERS = [
+    ("foundation", ("ablate", "ablate.registry", "ablate.config", "ablate.files", "ablate.signals", "ablate.stats",
+                    "ablate.ladder")),
+    ("model and data", ("ablate.model", "ablate.data", "ablate.hf")),
+    ("a run", ("ablate.run", "ablate.cli")),
+    ("evaluate", ("ablate.evaluate",)),
+    ("train", ("ablate.train",)),
+    ("plan", ("ablate.plan", "hydra_plugins")),
+    ("report", ("ablate.report",)),
+    ("studies", ("ablate.tokenizer_study",)),
+]
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of a module's layer: its longest matching prefix (the package `ablate`
+    itself matches only itself); None where no layer names it."""
+    found = [(len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+             if module == p or (p != "ablate" and module.startswith(p + "."))]
+    return max(found)[1] if found else None
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer to a higher one, as `module (layer) -> module (layer)`."""
+    return [f"{m} ({LAYERS[layer_of(m)][0]}) -> {d} ({LAYERS[layer_of(d)][0]})" for m, deps in sorted(graph.items())
+            for d in sorted(deps) if layer_of(d) > layer_of(m)]
+
+
+def test_every_module_has_a_layer_and_imports_nothing_above_it():
+    graph = import_graph()
+    assert not [m for m in graph if layer_of(m) is None], "a module no layer names"
+    assert upward(graph) == []
+    # the check sees an upward import: a run's module reaching into training
+    assert upward({"ablate.run.rundir": {"ablate.train.trackers"}, "ablate.train.trackers": set()}) == [
+        "ablate.run.rundir (a run) -> ablate.train.trackers (train)"]
+
+
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
     assert graph["ablate.config"] <= {"ablate.registry"}, "config.py is a leaf: the schema knows no registry"

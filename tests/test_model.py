@@ -384,8 +384,8 @@ def test_fsdp_memory_divides_the_model_state_by_the_process_count():
 
 
 def test_ablate_model_prints_memory_per_gpu_and_refuses_a_bad_count():
-    out = run_cli("ablate.model", "model=llama2", "micro_batch=2", "gpus=4")
+    out = run_cli("ablate.plan.model", "model=llama2", "micro_batch=2", "gpus=4")
     assert "micro_batch 2 x 256 tokens on 4 GPUs" in out.stdout
     assert [line.split()[0] for line in out.stdout.splitlines()[-2:]] == ["ddp", "fsdp"]
-    out = run_cli("ablate.model", "gpus=0", check=False)
+    out = run_cli("ablate.plan.model", "gpus=0", check=False)
     assert out.returncode == 2 and "gpus" in out.stderr and "positive integer" in out.stderr

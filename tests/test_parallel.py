@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from ablate.config import ModelConfig, OptimConfig
-from ablate.devices import compile_blocks, is_compiled, uncompile_blocks
 from ablate.model import Transformer
-from ablate.optimizer import build_optimizer
 from ablate.train import step_unless_not_finite
+from ablate.train.devices import compile_blocks, is_compiled, uncompile_blocks
+from ablate.train.optimizer import build_optimizer
 
 from conftest import rewound, run_cli, tiny_overrides
 
@@ -142,7 +142,7 @@ def test_reading_the_device_every_few_steps_writes_the_same_run(cache_dir, tmp_p
     import ablate.train as training
     from ablate.cli import compose_root
     from ablate.config import RunConfig
-    from ablate.lifecycle import for_train
+    from ablate.run.lifecycle import for_train
 
     class EveryFewSteps(training.Runner):
         def __init__(self, *args, **kwargs):

@@ -12,7 +12,7 @@ from ablate import report
 from ablate.cli import compose_root, key_values
 from ablate.config import RunConfig
 from ablate.evaluate import parse as parse_eval
-from ablate.lifecycle import for_train
+from ablate.run.lifecycle import for_train
 
 from conftest import ROOT, plan_in_process, run_cli
 
@@ -64,7 +64,7 @@ def test_readme_command_composes(command, tmp_path, request):
     elif name == "ablate-export":
         key_values(args, ("run", "out", "checkpoint"))
     elif name == "ablate-model":
-        run_cli("ablate.model", *args)
+        run_cli("ablate.plan.model", *args)
     elif name == "ablate-tokenizers":
         from omegaconf import OmegaConf
 
@@ -88,6 +88,6 @@ def test_the_readme_shows_what_ablate_model_prints():
                 if "memory/GPU" in shown]
     assert len(examples) >= 2
     for command, shown in examples:
-        out = run_cli("ablate.model", *shlex.split(command)[1:]).stdout
+        out = run_cli("ablate.plan.model", *shlex.split(command)[1:]).stdout
         for line in shown.splitlines():
             assert line in out.splitlines(), (command, line)

@@ -21,7 +21,7 @@ from ablate.report.keys import MetricKey
 from ablate.report.parts import Context
 from ablate.report.sections import sections
 from ablate.report.writers import markdown
-from ablate.rundir import ExperimentDir, RunDir
+from ablate.run.rundir import ExperimentDir, RunDir
 
 from conftest import cli_in_process, tiny_overrides
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate.devices import numerics_kind, same_numerics
+from ablate.train.devices import numerics_kind, same_numerics
 
 from conftest import ROOT
 
@@ -63,7 +63,7 @@ def trace(overrides: list[str], cache: Path, results: Path) -> list[float]:
     """The training losses of a run of `overrides`, step by step."""
     from ablate.cli import compose_root
     from ablate.config import RunConfig
-    from ablate.lifecycle import for_train as check_run
+    from ablate.run.lifecycle import for_train as check_run
     from ablate.train import train
 
     cfg = check_run(RunConfig.from_dict(compose_root([*COMMON, *overrides, f"data.cache_dir={cache}",

@@ -71,7 +71,7 @@ def test_a_missing_tracker_names_its_extra(monkeypatch):
     import importlib.util
 
     from ablate.registry import ConfigError
-    from ablate.trackers import check_loggers
+    from ablate.run.lifecycle import check_loggers
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -141,8 +141,8 @@ def test_index_html_opens_in_a_headless_browser(cache_dir, tmp_path):
 
 def test_a_failing_tracker_is_dropped_and_training_goes_on(caplog):
     from ablate.config import RunConfig
-    from ablate.rundir import RunDir
-    from ablate.trackers import Trackers
+    from ablate.run.rundir import RunDir
+    from ablate.train.trackers import Trackers
 
     class Broken:
         def log(self, numbers, step):

@@ -16,7 +16,7 @@ import torch
 from ablate.cli import run_name
 from ablate.config import RunConfig
 from ablate.model import Transformer
-from ablate.optimizer import build_optimizer, lr_at
+from ablate.train.optimizer import build_optimizer, lr_at
 
 from conftest import ROOT, run_cli, tiny_overrides
 
@@ -230,7 +230,7 @@ def test_bf16_autocast_on_cpu(cache_dir, tmp_path):
 
 
 def test_prepare_then_train_with_a_tokenizer_file(cache_dir, tmp_path):
-    out = run_cli("ablate.prepare", *tiny_overrides(cache_dir, tmp_path))
+    out = run_cli("ablate.train.prepare", *tiny_overrides(cache_dir, tmp_path))
     assert "training and 2,048 validation tokens" in out.stdout
     from ablate.data.synthetic import documents
     from ablate.data.tokens import train_bpe
@@ -269,7 +269,7 @@ def test_unreadable_checkpoint_is_moved_aside_and_the_one_before_used(cache_dir,
     assert summary(run)["status"] == "completed" and [r["step"] for r in metrics(run)] == list(range(1, 201))
     # a corrupt final checkpoint: every command that reads it says so in one line
     (run / "checkpoints" / "step_00000200.pt").write_bytes(b"not a checkpoint")
-    for module, extra in (("ablate.evaluate", ["suite=extrapolation"]), ("ablate.export", [])):
+    for module, extra in (("ablate.evaluate", ["suite=extrapolation"]), ("ablate.evaluate.export", [])):
         out = run_cli(module, f"run={run}", *extra, check=False)
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
@@ -289,7 +289,7 @@ def test_integral_floats_are_accepted_for_counts():
 def test_precision_is_used_and_recorded(cache_dir, tmp_path):
     """train.precision: bf16 autocast changes the numbers and says so in summary.json; auto picks
     bf16 exactly where the CPU computes it natively (fp32 elsewhere)."""
-    from ablate.devices import cpu_has_native_bf16
+    from ablate.train.devices import cpu_has_native_bf16
 
     losses, used = {}, {}
     for precision in ("fp32", "bf16", "auto"):
@@ -305,7 +305,7 @@ def test_precision_is_used_and_recorded(cache_dir, tmp_path):
 def test_mfu_is_logged_against_a_stated_peak_and_never_guessed_on_cpu(cache_dir, tmp_path):
     """MFU = FLOPs/token x tokens/s / peak, in metrics.jsonl and summary.json, wherever a peak is
     known (the table of GPUs, or train.peak_tflops); none on a CPU without one."""
-    from ablate.devices import lookup, mfu
+    from ablate.train.devices import lookup, mfu
 
     assert lookup("NVIDIA H100 80GB HBM3") == 989.4 and lookup("NVIDIA H100 PCIe") == 756.0
     assert lookup("NVIDIA A100-SXM4-40GB") == 312.0 and lookup("NVIDIA GeForce GTX 1080") is None

@@ -40,7 +40,7 @@ from ablate.report.parts import Context
 from ablate.report.sections import sections
 from ablate.report.sections.verdict import extrapolation_verdict, verdict
 from ablate.report.writers import write_report
-from ablate.rundir import ExperimentDir
+from ablate.run.rundir import ExperimentDir
 
 __all__ = ["ARGUMENTS", "Analysis", "Collection", "Column", "Comparisons", "Items", "MetricKey", "analyse",
            "collect", "comparisons", "extrapolation_verdict", "main", "noise", "primary_family", "report",

@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ablate.fairness import TOKENIZER_FIELDS, variant_name, varying
-from ablate.ladder import rung_label
+from ablate.plan.fairness import TOKENIZER_FIELDS, variant_name, varying
 from ablate.registry import ConfigError
-from ablate.rundir import ExperimentDir, flatten
+from ablate.run.lifecycle import rung_label
+from ablate.run.rundir import ExperimentDir, flatten
 
 COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/token",
         "teacher_flops_per_token": "+ teacher FLOPs/token", "kv_bytes_per_token": "KV bytes/token",

@@ -12,7 +12,7 @@ import pandas as pd
 from ablate.report.analysis import Analysis
 from ablate.report.collect import Collection
 from ablate.report.comparisons import Comparisons
-from ablate.rundir import ExperimentDir
+from ablate.run.rundir import ExperimentDir
 
 
 @dataclass

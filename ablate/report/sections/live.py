@@ -10,7 +10,7 @@ import pandas as pd
 from ablate import stats
 from ablate.report.parts import Context, Part, Section
 from ablate.report.plots import pyplot, save
-from ablate.rundir import RunDir
+from ablate.run.rundir import RunDir
 
 
 class Live(Section):

@@ -10,7 +10,7 @@ import pandas as pd
 from ablate.report.keys import AVERAGE
 from ablate.report.parts import Context, Frame, Heading, Part, Section, Table
 from ablate.report.plots import pyplot, save
-from ablate.rundir import RunDir
+from ablate.run.rundir import RunDir
 
 
 class Main(Section):

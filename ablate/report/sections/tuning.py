@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablate import tune
+from ablate.plan import tune
 from ablate.report.keys import VAL_LOSS
 from ablate.report.parts import Block, Context, Frame, Heading, Part, Section, Text
 from ablate.report.plots import pyplot, save

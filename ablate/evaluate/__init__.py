@@ -34,15 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate.checkpoint import CheckpointError
 from ablate.cli import command, compose_root
 from ablate.config import EvalConfig, SuiteConfig
 from ablate.data.synthetic import COPY_CHANCE
 from ablate.data.tokens import cached_dir, prepare
-from ablate.lm import AblateLM, load_run
+from ablate.evaluate.lm import AblateLM, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir, RunDirError, RunError, runs_in, write_json, write_text
+from ablate.run.checkpoint import CheckpointError
+from ablate.run.rundir import RunDir, RunDirError, RunError, runs_in, write_json, write_text
 
 log = logging.getLogger("ablate.eval")
 PROBE_TASKS = {"ablate_agreement": "agreement", "ablate_recall": "recall", "ablate_copy": "copy",
@@ -106,7 +106,7 @@ def _evaluate_held(run: RunDir, eval_cfg: EvalConfig | None, checkpoint: str | P
 def evaluate_live(model: Transformer, tokenizer: Any, cfg: Any, suite: str) -> dict[str, float]:
     """The accuracy (or main metric) of each task of eval suite `suite` on a model being trained,
     in process, without a checkpoint; the model and every random state are left as they were."""
-    from ablate import checkpoint
+    from ablate.run import checkpoint
 
     eval_cfg = dataclasses.replace(cfg.eval, suites={suite: cfg.eval.suites[suite]}, samples=False)
     manager = prepare_tasks(eval_cfg, cfg.data.cache_dir)

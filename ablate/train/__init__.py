@@ -26,22 +26,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate import checkpoint, distill
 from ablate.cli import hydra_app, remove_if_empty
 from ablate.config import OPERATIONAL, ModelConfig, RunConfig
 from ablate.data.batches import Batches
 from ablate.data.tokens import TokenData, prepare
-from ablate.devices import compile_blocks, is_compiled, mfu, peak_tflops, pick_device, set_threads, uncompile_blocks
-from ablate.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
-from ablate.distributed import Dist, full, local, setup_distributed
 from ablate.files import WriteError
-from ablate.measure import cross_entropy, max_attention_logit, validation_bytes_per_token, validation_loss
 from ablate.model import Transformer, model_facts
-from ablate.optimizer import build_optimizer, lr_at
 from ablate.registry import ConfigError
-from ablate.rundir import UNREADABLE, RunDir, RunDirError, flatten
+from ablate.run import checkpoint
+from ablate.run.rundir import UNREADABLE, RunDir, RunDirError, flatten
 from ablate.stats import GRAD_SPIKE, LOSS_SPIKE, SPIKE_MIN_HISTORY, SPIKE_WINDOW
-from ablate.trackers import Trackers
+from ablate.train import distill
+from ablate.train.devices import (
+    compile_blocks,
+    is_compiled,
+    mfu,
+    peak_tflops,
+    pick_device,
+    set_threads,
+    uncompile_blocks,
+)
+from ablate.train.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
+from ablate.train.distributed import Dist, full, local, setup_distributed
+from ablate.train.measure import cross_entropy, max_attention_logit, validation_bytes_per_token, validation_loss
+from ablate.train.optimizer import build_optimizer, lr_at
+from ablate.train.trackers import Trackers
 
 log = logging.getLogger("ablate.train")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's, padded up to a multiple of this

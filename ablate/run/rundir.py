@@ -5,7 +5,7 @@
         summary.json         status, step, costs, losses, and how every earlier attempt ended
         metrics.jsonl        a line per logged step (metrics.attemptN.jsonl: an attempt a retry replaced)
         tokenizer.json       the tokenizer the run was trained with
-        checkpoints/         step_NNNNNNNN.pt, or step_NNNNNNNN/ when sharded (see ablate.checkpoint)
+        checkpoints/         step_NNNNNNNN.pt, or step_NNNNNNNN/ when sharded (see ablate.run.checkpoint)
         eval/<suite>.json    an evaluation of the final checkpoint of the completed run
         eval/step_NNNNNNNN/<suite>.json   an evaluation of any other checkpoint (named explicitly)
         hf/                  ablate-export's transformers model
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate import checkpoint as ckpt
 from ablate.config import OPERATIONAL
 from ablate.files import WriteError, write_text
+from ablate.run import checkpoint as ckpt
 
 
 class RunError(ValueError):
@@ -48,7 +48,7 @@ class RunDirError(RuntimeError):
     """The run directory holds something this run must not touch."""
 
 
-log = logging.getLogger("ablate.rundir")
+log = logging.getLogger("ablate.run.rundir")
 UNREADABLE = "unreadable summary"  # the status of a run whose summary.json exists but cannot be read
 _HELD: dict[Path, list] = {}  # run directory -> [open lock file, depth]: a process re-enters its own lock
 

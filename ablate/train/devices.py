@@ -26,10 +26,10 @@ import torch
 
 if TYPE_CHECKING:
     from ablate.config import RunConfig
-    from ablate.distributed import Dist
     from ablate.model import Transformer
+    from ablate.train.distributed import Dist
 
-log = logging.getLogger("ablate.devices")
+log = logging.getLogger("ablate.train.devices")
 
 # (substring of the device name, dense bf16 TFLOP/s); the first match wins, so specific names first
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ablate.cli import command, key_values
 from ablate.data.tokens import EOS, Tokenizer
-from ablate.lm import load_run
+from ablate.evaluate.lm import load_run
 from ablate.registry import ConfigError
-from ablate.rundir import RunDir
+from ablate.run.rundir import RunDir
 
 
 def hf_tokenizer(tokenizer: Tokenizer):

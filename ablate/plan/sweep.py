@@ -10,8 +10,8 @@
    diverged unless train.retry_diverged=true.
 
 It also prints (and writes to fairness.json) what the arms hold equal and every confound
-(ablate.fairness), and with `+tune=lr` runs each arm's LR grid first and the jobs at the LR each
-arm chose (ablate.tune).
+(ablate.plan.fairness), and with `+tune=lr` runs each arm's LR grid first and the jobs at the LR each
+arm chose (ablate.plan.tune).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ablate import fairness, tune
 from ablate.cli import run_config, user_errors
 from ablate.config import RunConfig
-from ablate.distill import flops_per_token as run_flops_per_token
 from ablate.model.facts import model_facts
+from ablate.plan import fairness, tune
 from ablate.registry import ConfigError
-from ablate.rundir import ExperimentDir, RunDir, RunError, write_json
+from ablate.run.rundir import ExperimentDir, RunDir, RunError, write_json
+from ablate.train.distill import flops_per_token as run_flops_per_token
 
-log = logging.getLogger("ablate.sweep")
+log = logging.getLogger("ablate.plan.sweep")
 
 
 @dataclass

@@ -16,10 +16,7 @@ autocast, replicated on every process; its forward FLOPs count in the run's cost
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +25,7 @@ from torch import nn
 
 from ablate.config import DistillConfig, RunConfig
 from ablate.registry import ConfigError
+from ablate.run.teacher import TeacherInfo, teacher_info
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
@@ -58,66 +56,6 @@ def objective(ce: torch.Tensor, kd: torch.Tensor | None, weight: float) -> torch
     return ce if kd is None else (1 - weight) * ce + weight * kd
 
 
-@dataclass
-class TeacherInfo:
-    """What a teacher is, without its weights: for the plan's cost and the refusals."""
-
-    path: str
-    kind: str  # ablate | transformers
-    config_hash: str
-    forward_flops_per_token: float
-    params: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "config_hash": self.config_hash, "params": self.params,
-                "forward_flops_per_token": self.forward_flops_per_token}
-
-
-def teacher_info(cfg: DistillConfig, seq_len: int) -> TeacherInfo | None:
-    """The teacher of `cfg` (None when not distilling), or ConfigError saying what is wrong with it."""
-    if not cfg.weight or not cfg.teacher:
-        return None
-    from ablate.model import model_facts
-    from ablate.rundir import RunDir, config_hash
-
-    path = Path(cfg.teacher)
-    run = RunDir(path)
-    if run.is_run():
-        if run.final_checkpoint() is None:
-            raise ConfigError("train.distill.teacher", cfg.teacher,
-                              f"the teacher run has not completed (status: {run.status()}); train it first")
-        stored = run.read_config()
-        teacher_cfg = RunConfig.from_dict(stored)
-        f = model_facts(teacher_cfg.model, seq_len)
-        return TeacherInfo(str(path), "ablate", config_hash(stored), f.flops_per_token / 3, f.params)
-    if (path / "config.json").is_file():
-        text = (path / "config.json").read_text()
-        params, flops = _hf_size(path, seq_len)
-        return TeacherInfo(str(path), "transformers", hashlib.sha256(text.encode()).hexdigest()[:16], flops, params)
-    raise ConfigError("train.distill.teacher", cfg.teacher,
-                      "is neither an ablate run directory (config.yaml) nor a transformers model directory "
-                      "(config.json)")
-
-
-def _hf_size(path: Path, seq_len: int) -> tuple[int, float]:
-    """Parameters and forward FLOPs per token of a transformers model: exact where ablate computes
-    the family (its facts), else 2 x parameters (attention's own FLOPs not counted)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    try:
-        from ablate.hf import config_from_hf
-        from ablate.model import model_facts
-
-        f = model_facts(config_from_hf(hf_config), seq_len)
-        return f.params, f.flops_per_token / 3
-    except (ConfigError, ValueError, KeyError):
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config)
-        params = sum(p.numel() for p in model.parameters())
-        return params, 2.0 * params
-
-
 class Teacher(nn.Module):
     """A frozen teacher: `teacher(x)` gives its logits for token ids `x` (B, T)."""
 
@@ -137,10 +75,10 @@ def load_teacher(cfg: DistillConfig, seq_len: int, device: torch.device) -> Teac
     if info is None:
         return None
     if info.kind == "ablate":
-        from ablate import checkpoint as ckpt
         from ablate.data.tokens import Tokenizer
         from ablate.model import Transformer
-        from ablate.rundir import RunDir
+        from ablate.run import checkpoint as ckpt
+        from ablate.run.rundir import RunDir
 
         run = RunDir(info.path)
         model = Transformer(RunConfig.from_dict(run.read_config()).model)

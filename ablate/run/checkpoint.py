@@ -40,7 +40,7 @@ from ablate.files import UMASK, WriteError
 
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 EXTRA = "extra.pt"  # in a sharded checkpoint: everything but weights and optimizer state
-log = logging.getLogger("ablate.checkpoint")
+log = logging.getLogger("ablate.run.checkpoint")
 
 
 class CheckpointError(RuntimeError):

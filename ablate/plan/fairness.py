@@ -8,7 +8,7 @@ jobs without the replicate seeds) and what follows from them:
     parameters   non-embedding parameters: a spread above fairness.param_tolerance is a confound,
                  unless a size (model.dim, n_layers, hidden_dim, ...) is an axis, or `params` is
                  declared; within it, the arms are reported as matched
-    optimizer    the treatment of each parameter role (weight decay, LR scale; ablate.optimizer):
+    optimizer    the treatment of each parameter role (weight decay, LR scale; ablate.train.optimizer):
                  an untied head against a tied one is compared as "the output matrix"
     init         the RMS of each parameter role at init (models up to 100M parameters are built
                  on the CPU to measure it)
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, RunConfig, attention_family
-from ablate.rundir import flatten
+from ablate.run.rundir import flatten
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # an axis over one of these changes the parameter count on purpose
 SIZE_FIELDS = ("model.", "model.dim", "model.n_layers", "model.mlp.hidden_dim", "model.attention.head_dim",
                "model.attention.n_heads", "model.vocab_size", "model.max_seq_len")
@@ -54,9 +54,9 @@ def varying(configs: Sequence[dict[str, Any]]) -> list[str]:
     keys = sorted({k for c in configs for k in c if not k.startswith(NOT_ARMS)})
     differ = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
     if "ladder.size" in differ:  # a ladder: the rung's size names what follows from it
-        from ablate.ladder import DERIVED
+        from ablate.run.lifecycle import RUNG_FIELDS
 
-        differ = [k for k in differ if k == "ladder.size" or k not in DERIVED]
+        differ = [k for k in differ if k == "ladder.size" or k not in RUNG_FIELDS]
     return differ
 
 
@@ -277,7 +277,7 @@ def _roles(arm: Arm) -> tuple[Any, dict[str, str]]:
 
 
 def _optimizer(arms: Sequence[Arm], result: Fairness) -> None:
-    from ablate.optimizer import treatment
+    from ablate.train.optimizer import treatment
 
     per_arm = {}
     for arm in arms:

@@ -24,23 +24,10 @@ import uuid
 from typing import Any
 
 from ablate.config import RunConfig
-from ablate.registry import ConfigError
-from ablate.rundir import RunDir, flatten, write_text
+from ablate.run.lifecycle import check_loggers
+from ablate.run.rundir import RunDir, flatten, write_text
 
-log = logging.getLogger("ablate.trackers")
-LOGGERS = ("jsonl", "tensorboard", "wandb", "trackio")
-
-
-def check_loggers(loggers: list[str]) -> None:
-    """ConfigError for an unknown logger, or for one whose package is not installed (naming the extra)."""
-    import importlib.util
-
-    for name in loggers:
-        if name not in LOGGERS:
-            raise ConfigError("train.loggers", name, "unknown logger", valid=LOGGERS)
-        # each tracker's package and its extra are named alike
-        if name != "jsonl" and importlib.util.find_spec(name) is None:
-            raise ConfigError("train.loggers", name, f"needs the {name} package: pip install 'ablate[{name}]'")
+log = logging.getLogger("ablate.train.trackers")
 
 
 class Trackers:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ablate.config import TuneConfig
-from ablate.fairness import override_key
+from ablate.plan.fairness import override_key
 
 
 def lr_grid(base_lr: float, tune: TuneConfig) -> list[float]:

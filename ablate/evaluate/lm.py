@@ -28,14 +28,14 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from ablate import checkpoint as ckpt
-from ablate import lifecycle
 from ablate.config import RunConfig
 from ablate.data.tokens import Tokenizer
 from ablate.model import Transformer
-from ablate.rundir import RunDir, RunError, runs_in
+from ablate.run import checkpoint as ckpt
+from ablate.run import lifecycle
+from ablate.run.rundir import RunDir, RunError, runs_in
 
-log = logging.getLogger("ablate.lm")
+log = logging.getLogger("ablate.evaluate.lm")
 
 
 @dataclass
