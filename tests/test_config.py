@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from ablate.cli import compose_model
-from ablate.config import AttentionConfig, ModelConfig
+from ablate.config import AttentionConfig, ModelConfig, RunConfig
 from ablate.hf import family_of, to_hf
 from ablate.model import Transformer, model_facts
 from ablate.registry import ConfigError
@@ -120,3 +120,19 @@ def test_facts_windows_cut_attention_flops():
 def test_facts_count_what_the_module_holds(preset):
     cfg = compose_model([f"model={preset}"])
     assert model_facts(cfg).params == Transformer(cfg).num_parameters()
+
+
+def test_the_yaml_defaults_are_the_dataclasses_defaults():
+    """A default lives in the dataclasses (ablate/config.py); where conf/config.yaml's composition
+    holds the same field, the two agree, so changing one without the other fails here. Only the
+    suites' task lists live in YAML alone (they are data), and only the run name and +tune's
+    fields in the dataclasses alone (set per job)."""
+    from ablate.cli import compose_root
+    from ablate.run.rundir import flatten
+
+    composed, default = flatten(compose_root([])), flatten(RunConfig().to_dict())
+    shared = set(composed) & set(default)
+    assert len(shared) > 100  # the whole config, not a corner of it
+    assert {k: (default[k], composed[k]) for k in shared if composed[k] != default[k]} == {}
+    assert all(k.startswith("eval.suites.") for k in set(composed) - set(default)), set(composed) - set(default)
+    assert all(k == "run_name" or k.startswith("tune.") for k in set(default) - set(composed))

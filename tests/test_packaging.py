@@ -38,3 +38,15 @@ def test_every_third_party_import_is_declared():
     missing = {t: owners.get(t, [t]) for t in third
                if not any(d.lower().replace("_", "-") in declared() for d in owners.get(t, [t]))}
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_every_module_says_what_it_owns_and_every_folder_is_a_package():
+    """A module's docstring says what it owns; every folder of the package is a regular package, so
+    an installed wheel holds all of it (setuptools finds only folders with an __init__.py)."""
+    from setuptools import find_packages
+
+    modules = sorted((ROOT / "ablate").rglob("*.py"))
+    bare = [str(p.relative_to(ROOT)) for p in modules if len(ast.get_docstring(ast.parse(p.read_text())) or "") < 40]
+    assert not bare, f"modules without a docstring: {bare}"
+    folders = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in modules}
+    assert folders <= set(find_packages(str(ROOT), include=["ablate*"])), folders - set(find_packages(str(ROOT)))

@@ -69,6 +69,8 @@ class SdpaBackend(Backend):
         return bias.masked_fill(~seen, float("-inf"))
 
     def attend(self, q, k, v, plan, scale, softcap, dropout):
+        # q (B, H, Tq, hd), k and v (B, Hkv, Tk, hd) -> (B, H, Tq, hd); plan: "causal", None, or a
+        # (Tq, Tk) / (H, Tq, Tk) boolean mask or additive bias
         if softcap is not None:
             raise ValueError("the sdpa backend cannot soft-cap attention logits; use eager or flex")
         mask = None if plan in (None, "causal") else plan
@@ -105,8 +107,8 @@ class EagerBackend(Backend):
             scores = softcap * torch.tanh(scores / softcap)
         plan = plan.float()
         scores = scores + (plan.view(Hkv, H // Hkv, Tq, Tk) if plan.dim() == 3 else plan)
-        probs = F.dropout(scores.softmax(dim=-1).to(q.dtype), p=dropout)
-        return (probs @ v.unsqueeze(2)).view(B, H, Tq, hd)
+        probs = F.dropout(scores.softmax(dim=-1).to(q.dtype), p=dropout)  # (B, Hkv, G, Tq, Tk)
+        return (probs @ v.unsqueeze(2)).view(B, H, Tq, hd)  # (B, Hkv, G, Tq, hd) -> (B, H, Tq, hd)
 
 
 SMALL_FLEX_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2}
@@ -216,7 +218,7 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append this step's (B, Hkv, T, hd) keys and values; return all of them so far."""
         if self.keys[layer] is not None:
-            k = torch.cat((self.keys[layer], k), dim=2)
+            k = torch.cat((self.keys[layer], k), dim=2)  # (B, Hkv, T_cached + T, hd)
             v = torch.cat((self.values[layer], v), dim=2)
         self.keys[layer], self.values[layer] = k, v
         return k, v
@@ -260,26 +262,26 @@ class Attention(nn.Module):
         and soft-cap): the attention-logit growth that precedes a loss spike. Not for a cache."""
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, _ = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)
-        q = q.view(B, T, H, hd).transpose(1, 2)
-        k = k.view(B, T, Hkv, hd).transpose(1, 2)
+        q, k, _ = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)  # (B, T, H*hd), (B, T, Hkv*hd)
+        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         if self.positions:
             q, k = step.rotate(q, k, step.pos)
-        k = k.repeat_interleave(H // Hkv, dim=1)
+        k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, T, hd): each kv head beside its query heads
         scores = (q.float() @ k.float().transpose(-1, -2)).abs() * self.scale  # (B, H, T, T)
         return float(scores.masked_fill(~visible(step.pos, step.pos, self.window), 0.0).max())
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
-        B, T, _ = x.shape
+        B, T, _ = x.shape  # x: (B, T, dim)
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)
+        q, k, v = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)  # (B, T, H*hd), (B, T, Hkv*hd) x 2
         q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        v = v.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         if self.positions:
-            q, k = step.rotate(q, k, step.pos)
+            q, k = step.rotate(q, k, step.pos)  # shapes kept
         if step.cache is not None:
-            k, v = step.cache.update(self.layer, k, v)
+            k, v = step.cache.update(self.layer, k, v)  # (B, Hkv, Tk, hd), Tk = cached + T
         y = step.backend.attend(q, k, v, step.plans[self.window, self.positions], self.scale, self.softcap,
-                                self.dropout if self.training else 0.0)
-        return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))
+                                self.dropout if self.training else 0.0)  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * hd))  # (B, T, H*hd) -> (B, T, dim)

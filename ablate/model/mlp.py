@@ -67,7 +67,7 @@ class Mlp(nn.Module):
             if linear is not None:
                 init_linear(linear, std)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, dim) -> (B, T, dim)
         if self.w_gate is not None:
             return self.w_out(self.act(self.w_gate(x)) * self.w_in(x))  # (B, T, hidden) inside
-        return self.w_out(self.act(self.w_in(x)))
+        return self.w_out(self.act(self.w_in(x)))  # (B, T, hidden) inside

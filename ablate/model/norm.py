@@ -46,7 +46,7 @@ class Norm(nn.Module):
 class LayerNorm(Norm):
     """(x - mean) / std * scale + bias."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # (..., dim) -> (..., dim), statistics over dim in fp32
         bias = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), x.shape[-1:], self.scale(), bias, self.eps).to(x.dtype)
 
@@ -55,7 +55,7 @@ class LayerNorm(Norm):
 class RMSNorm(Norm):
     """x / rms(x) * scale (+ bias): no centring (Zhang and Sennrich)."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # (..., dim) -> (..., dim), statistics over dim in fp32
         y = F.rms_norm(x.float(), x.shape[-1:], self.scale(), self.eps)
         if self.bias is not None:
             y = y + self.bias.float()

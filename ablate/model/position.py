@@ -84,7 +84,7 @@ class LearnedPositions(PositionScheme):
         last = int(pos[-1])
         if last >= self.max_len:
             raise ValueError(f"learned positions cover 0..{self.max_len - 1}; position {last} has no embedding")
-        return x + self.table(pos)
+        return x + self.table(pos)  # (B, T, dim) + (T, dim)
 
 
 @POSITIONS.register("sinusoidal")
@@ -149,7 +149,8 @@ class RotaryPositions(PositionScheme):
             raise ConfigError(f"{prefix}.position.theta", cfg.position.theta, "must be positive")
 
     def rotate(self, q: Tensor, k: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        cos, sin = self._cos_sin(pos, q.dtype)
+        # q (B, H, T, hd), k (B, Hkv, T, hd), pos (T,): the first rot_dim channels of each turned
+        cos, sin = self._cos_sin(pos, q.dtype)  # (T, rot) each, broadcast over batch and heads
         return self._turn(q, cos, sin), self._turn(k, cos, sin)
 
     def _cos_sin(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -162,9 +163,9 @@ class RotaryPositions(PositionScheme):
         return self._tables[2], self._tables[3]
 
     def _turn(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]
+        rot, rest = x[..., : self.rot_dim], x[..., self.rot_dim :]  # (..., T, rot), (..., T, hd - rot)
         half = self.rot_dim // 2
-        rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)  # (..., T, rot)
         rot = rot * cos + rotated_half * sin
         return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
@@ -193,7 +194,7 @@ class AlibiPositions(PositionScheme):
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         distance = (k_pos[None, :] - q_pos[:, None]).float()  # (Tq, Tk), <= 0 where visible
-        return self.slopes[:, None, None] * distance
+        return self.slopes[:, None, None] * distance  # (H, 1, 1) x (Tq, Tk) -> (H, Tq, Tk)
 
 
 def alibi_slopes(n_heads: int) -> Tensor:

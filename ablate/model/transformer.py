@@ -107,11 +107,11 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         """tokens: (B, T) ids -> logits (B, T, vocab_size). With a cache, tokens continue it."""
         start = cache.length if cache is not None else 0
-        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens, pos)
+        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)  # (T,) absolute positions
+        x = self.embed(tokens, pos)  # (B, T, dim)
         step = self.step(pos, cache)
         for block in self.blocks:
-            x = block(x, step)
+            x = block(x, step)  # (B, T, dim)
         if cache is not None:
             cache.length += tokens.shape[1]
         return self.logits(x)
@@ -128,7 +128,7 @@ class Transformer(nn.Module):
     def step(self, pos: Tensor, cache: KVCache | None) -> Step:
         """Position bias and masks, prepared once per distinct (window, positions used) and shared
         by the layers that have it."""
-        k_pos = torch.arange(0, int(pos[-1]) + 1, device=pos.device) if cache is not None else pos
+        k_pos = torch.arange(0, int(pos[-1]) + 1, device=pos.device) if cache is not None else pos  # (Tk,)
         bias = self.position.bias(pos, k_pos) if any(p for _, p in self.attention_kinds) else None
         plans = {(w, p): self.backend.prepare(bias if p else None, pos, k_pos, w) for w, p in self.attention_kinds}
         return Step(pos, self.backend, plans, self.position.rotate, cache)
@@ -137,7 +137,7 @@ class Transformer(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         weight = self.tok_embed.weight if self.head is None else self.head.weight
-        logits = F.linear(x, weight)
+        logits = F.linear(x, weight)  # (B, T, dim) @ (vocab, dim).T -> (B, T, vocab)
         if self.cfg.logit_softcap is not None:
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)
@@ -155,7 +155,7 @@ class Transformer(nn.Module):
         done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for i in range(max_new_tokens):
             nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
-            out = torch.cat((out, nxt), dim=1)
+            out = torch.cat((out, nxt), dim=1)  # (B, T + i + 1)
             if stop is not None:
                 done |= nxt[:, 0] == stop
             if i + 1 == max_new_tokens or bool(done.all()):
