@@ -30,10 +30,12 @@ import pandas as pd
 
 from ablate import stats
 
-BOOTSTRAP = 1000  # resamples of each rung's seeds for the fits' intervals
-
-
 # ---- fits ---------------------------------------------------------------------------------------
+ALPHAS = np.concatenate([np.geomspace(1e-3, 0.05, 40, endpoint=False), np.linspace(0.05, 3.0, 600)])
+MIN_REPLICATES = 3  # per rung, for an interval: the noise is estimated from the replicates' scatter too
+LEVEL = 0.95
+
+
 @dataclass(frozen=True)
 class Fit:
     E: float
@@ -44,61 +46,208 @@ class Fit:
         return self.E + self.A * np.power(compute, -self.alpha)
 
 
+def _scaled(compute: np.ndarray) -> tuple[np.ndarray, float]:
+    """Compute over its geometric mean (the fits are far better conditioned), and that mean."""
+    scale = math.exp(np.log(compute).mean())
+    return compute / scale, scale
+
+
+def _rss_per_alpha(x: np.ndarray, y: np.ndarray, alphas: np.ndarray = ALPHAS
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each alpha, the least-squares E >= 0 and A of y = E + A x^-alpha (linear in E and A
+    once alpha is fixed) and its residual sum of squares: (rss, E, A), one per alpha."""
+    r = x[None, :] ** -alphas[:, None]  # (alphas, points)
+    rm, ym = r.mean(axis=1), y.mean()
+    var_r = ((r - rm[:, None]) ** 2).sum(axis=1)
+    a = ((r - rm[:, None]) * (y - ym)).sum(axis=1) / np.maximum(var_r, 1e-300)
+    e = ym - a * rm
+    neg = e < 0  # E >= 0 (a loss): on the bound, A alone
+    a = np.where(neg, (r * y).sum(axis=1) / (r * r).sum(axis=1), a)
+    e = np.where(neg, 0.0, e)
+    rss = ((y[None, :] - e[:, None] - a[:, None] * r) ** 2).sum(axis=1)
+    return rss, e, a
+
+
 def fit_power_law(compute: np.ndarray, loss: np.ndarray, start: Fit | None = None) -> Fit:
-    """L(C) = E + A * C^(-alpha), least squares on log L, with E in [0, min L) and alpha in
-    (0, 3]. Compute is scaled by its geometric mean inside, so A is for C in FLOPs. Several
-    starting points unless `start` (a nearby fit) is given."""
-    from scipy.optimize import least_squares
+    """L(C) = E + A * C^(-alpha) by least squares on every point, E >= 0 and alpha in (0, 3]: for
+    each alpha on a fine grid E and A are linear least squares, then the best alpha is refined.
+    `start` is accepted for compatibility and not needed (the grid finds the global minimum)."""
+    from scipy.optimize import minimize_scalar
 
     compute, loss = np.asarray(compute, float), np.asarray(loss, float)
-    scale = math.exp(np.log(compute).mean())
-    x = compute / scale
-    lowest = float(loss.min())
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        e, log_a, alpha = p
-        return np.log(e + np.exp(log_a) * x ** (-alpha)) - np.log(loss)
-
-    starts = []
-    if start is not None:
-        e0 = min(start.E, lowest * 0.99)
-        starts.append([e0, math.log(start.A / scale**start.alpha), float(np.clip(start.alpha, 0.01, 2.9))])
-    else:
-        for share in (0.0, 0.5, 0.9):  # several starts for E: the surface has flat valleys
-            e0 = share * lowest
-            slope = np.polyfit(np.log(x), np.log(np.maximum(loss - e0, 1e-9)), 1)[0] if len(set(x)) > 1 else -0.1
-            starts.append([e0, math.log(max(lowest - e0, 1e-9)), float(np.clip(-slope, 0.01, 2.9))])
-    best = None
-    for first in starts:
-        got = least_squares(residual, np.array(first), bounds=([0.0, -50.0, 1e-3], [lowest * (1 - 1e-9), 50.0, 3.0]))
-        if best is None or got.cost < best.cost:
-            best = got
-    e, log_a, alpha = best.x
-    return Fit(float(e), float(math.exp(log_a) * scale**alpha), float(alpha))
+    x, scale = _scaled(compute)
+    rss, _, _ = _rss_per_alpha(x, loss)
+    i = int(np.argmin(rss))
+    lo, hi = ALPHAS[max(i - 1, 0)], ALPHAS[min(i + 1, len(ALPHAS) - 1)]
+    best = minimize_scalar(lambda al: _rss_per_alpha(x, loss, np.array([al]))[0][0], bounds=(lo, hi),
+                           method="bounded", options={"xatol": 1e-7})
+    alpha = float(best.x) if best.fun <= rss[i] else float(ALPHAS[i])
+    _, e, a = _rss_per_alpha(x, loss, np.array([alpha]))
+    return Fit(float(e[0]), float(a[0] * scale**alpha), alpha)
 
 
-def fit_with_intervals(points: pd.DataFrame, target: float, seed: int = 0,
-                       resamples: int = BOOTSTRAP) -> dict[str, float]:
-    """Fit on the rungs' means (`points`: compute, value, one row per run), then resample each
-    rung's runs with replacement BOOTSTRAP times for 95% percentile intervals of E, alpha and the
-    prediction at `target`; no intervals when no rung has two runs."""
-    means = points.groupby("compute").value.mean()
-    fit = fit_power_law(means.index.to_numpy(), means.to_numpy())
+def _min_over_alpha(rss_of) -> float:
+    """The minimum over alpha in (0, 3] of `rss_of(alphas)` (an array of residual sums of squares):
+    the grid, then two finer grids around its best point (a grid's minimum alone overstates the
+    profile, and so narrows its intervals, when the noise is small)."""
+    values = rss_of(ALPHAS)
+    i = int(np.argmin(values))
+    lo, hi, best = ALPHAS[max(i - 1, 0)], ALPHAS[min(i + 1, len(ALPHAS) - 1)], float(values[i])
+    for _ in range(2):
+        fine = np.linspace(lo, hi, 41)
+        got = rss_of(fine)
+        j = int(np.argmin(got))
+        best = min(best, float(got[j]))
+        lo, hi = fine[max(j - 1, 0)], fine[min(j + 1, 40)]
+    return best
+
+
+def _profile_prediction(x: np.ndarray, y: np.ndarray, t: float, p: np.ndarray) -> np.ndarray:
+    """The smallest residual sum of squares with the prediction at scaled compute `t` held at
+    each value of `p`: y = E + (P - E) (x / t)^-alpha, E in [0, P], minimised over alpha and E
+    (closed form for each alpha)."""
+    def rss_of(pj: float):
+        def at(alphas: np.ndarray) -> np.ndarray:
+            r = (x[None, :] / t) ** -alphas[:, None]  # (alphas, points)
+            w, rest = 1 - r, y[None, :] - pj * r  # y - P r = E (1 - r)
+            e = np.clip((w * rest).sum(axis=1) / np.maximum((w * w).sum(axis=1), 1e-300), 0.0, max(pj, 0.0))
+            return ((rest - e[:, None] * w) ** 2).sum(axis=1)
+        return at
+
+    return np.array([_min_over_alpha(rss_of(pj)) for pj in p])
+
+
+def _profile_interval(stat, center: float, spread: float, limit: float, floor: float) -> tuple[float, float]:
+    """Where `stat` (the profile statistic, 0 at `center`) crosses `limit` on each side: doubling
+    steps from `spread`, then bisection. +inf / `floor` where it never does (the data cannot bound it)."""
+    ends = []
+    for sign in (-1.0, 1.0):
+        step, inside, outside = spread, center, None
+        for _ in range(60):
+            probe = center + sign * step
+            if sign < 0 and probe <= floor:
+                if stat(floor) <= limit:
+                    break
+                probe = floor
+            if stat(probe) > limit:
+                outside = probe
+                break
+            inside, step = probe, step * 2
+            if step > 1e6 * max(spread, 1e-12):
+                break
+        if outside is None:
+            ends.append(floor if sign < 0 else math.inf)
+            continue
+        for _ in range(50):
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if stat(mid) <= limit else (inside, mid)
+        ends.append((inside + outside) / 2)
+    return ends[0], ends[1]
+
+
+def fit_with_intervals(points: pd.DataFrame, target: float, seed: int = 0, resamples: int | None = None,
+                       level: float = LEVEL) -> dict[str, float]:
+    """Fit L(C) = E + A * C^(-alpha) to every run (`points`: compute, value, one row per run) and
+    predict at `target`, with profile-likelihood intervals (profile t): the noise variance s^2 is
+    estimated from the residuals (n - 3 degrees of freedom: the replicates' scatter and any lack
+    of fit), and a value is inside the interval while holding the prediction (or E, or alpha)
+    there raises the residual sum of squares by at most s^2 * t^2(n - 3). An end the data cannot
+    bound is infinite. With fewer than MIN_REPLICATES runs at some rung no interval is given
+    (`interval`: "too few replicates"). Also the leave-one-rung-out error: fitted without the
+    largest rung, the prediction there minus the runs' mean there (`loo_error`), the honest error
+    of extrapolating one rung. `seed` and `resamples` are accepted for compatibility (nothing is
+    random)."""
+    from scipy import stats as scipy_stats
+
+    compute, y = points.compute.to_numpy(float), points.value.to_numpy(float)
+    fit = fit_power_law(compute, y)
+    per_rung = points.groupby("compute").value.agg(["mean", "size"])
     out = {"E": fit.E, "A": fit.A, "alpha": fit.alpha, "target_flops": target, "predicted": float(fit(target)),
-           "rungs": len(means), "runs": len(points)}
-    groups = [g.value.to_numpy() for _, g in points.groupby("compute")]
-    if max(len(g) for g in groups) < 2:
-        return {**out, **{f"{k}_{e}": math.nan for k in ("E", "alpha", "predicted") for e in ("low", "high")}}
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        resampled = [rng.choice(g, size=len(g)).mean() for g in groups]
-        f = fit_power_law(means.index.to_numpy(), np.array(resampled), start=fit)
-        draws.append((f.E, f.alpha, float(f(target))))
-    draws = np.array(draws)
-    for i, key in enumerate(("E", "alpha", "predicted")):
-        out[f"{key}_low"], out[f"{key}_high"] = (float(v) for v in np.percentile(draws[:, i], [2.5, 97.5]))
+           "rungs": len(per_rung), "runs": len(points), "min_replicates": int(per_rung["size"].min())}
+    out.update(_leave_largest_out(points, per_rung))
+    nan = {f"{k}_{e}": math.nan for k in ("E", "alpha", "predicted") for e in ("low", "high")}
+    n = len(y)
+    if out["min_replicates"] < MIN_REPLICATES or len(per_rung) < 3 or n <= 3:
+        return {**out, **nan, "interval": "too few replicates" if len(per_rung) >= 3 else "too few rungs"}
+    x, scale = _scaled(compute)
+    rss_alpha, _, _ = _rss_per_alpha(x, y)
+    rss_min = float(min(rss_alpha.min(), ((y - fit(compute)) ** 2).sum()))
+    s2 = rss_min / (n - 3)
+    if s2 <= 0:
+        return {**out, **nan, "interval": "no residual noise"}
+    limit = scipy_stats.t.ppf(0.5 + level / 2, n - 3) ** 2
+    spread = float(np.std(y)) or 1e-3
+    t = target / scale
+
+    def stat_p(p: float) -> float:
+        return (_profile_prediction(x, y, t, np.array([p]))[0] - rss_min) / s2
+
+    def stat_alpha(al: float) -> float:
+        return (_rss_per_alpha(x, y, np.array([al]))[0][0] - rss_min) / s2
+
+    def stat_e(e: float) -> float:
+        def at(alphas: np.ndarray) -> np.ndarray:
+            r = x[None, :] ** -alphas[:, None]
+            a = np.maximum((r * (y - e)).sum(axis=1) / (r * r).sum(axis=1), 0.0)
+            return ((y[None, :] - e - a[:, None] * r) ** 2).sum(axis=1)
+        return (_min_over_alpha(at) - rss_min) / s2
+
+    out["predicted_low"], out["predicted_high"] = _profile_interval(stat_p, out["predicted"], spread, limit, 0.0)
+    out["alpha_low"], out["alpha_high"] = _profile_interval(stat_alpha, fit.alpha, 0.05, limit, 1e-3)
+    out["alpha_high"] = min(out["alpha_high"], 3.0)
+    out["E_low"], out["E_high"] = _profile_interval(stat_e, fit.E, spread, limit, 0.0)
+    out["E_high"] = min(out["E_high"], float(y.min()) + 3 * math.sqrt(s2))
+    out["interval"] = f"profile t, {n - 3} df"
+    out["noise_sd"] = math.sqrt(s2)
     return out
+
+
+def _leave_largest_out(points: pd.DataFrame, per_rung: pd.DataFrame) -> dict[str, float]:
+    """Fitted without the largest rung (needs 3 others), the prediction at the largest rung and
+    its error against that rung's mean."""
+    if len(per_rung) < 4:
+        return {"loo_predicted": math.nan, "loo_error": math.nan}
+    largest = per_rung.index.max()
+    rest = points[points.compute != largest]
+    got = float(fit_power_law(rest.compute.to_numpy(float), rest.value.to_numpy(float))(largest))
+    return {"loo_predicted": got, "loo_error": got - float(per_rung.loc[largest, "mean"])}
+
+
+def prediction_distribution(points: pd.DataFrame, target: float, grid: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction at `target` as a confidence distribution: values and their CDF, from the
+    signed root of the profile statistic on the t distribution (n - 3 degrees of freedom). Its
+    quantiles are the profile intervals at every level; P(A better than B) compares two such."""
+    from scipy import stats as scipy_stats
+
+    compute, y = points.compute.to_numpy(float), points.value.to_numpy(float)
+    fit = fit_power_law(compute, y)
+    n = len(y)
+    x, scale = _scaled(compute)
+    rss_min = float(_rss_per_alpha(x, y)[0].min())
+    s2 = rss_min / (n - 3)
+    center = float(fit(target))
+    wide = fit_with_intervals(points, target, level=0.999)
+    low = wide["predicted_low"] if math.isfinite(wide["predicted_low"]) else 0.0
+    high = wide["predicted_high"] if math.isfinite(wide["predicted_high"]) else center + 100 * (center - low + 1e-9)
+    values = np.unique(np.concatenate([np.linspace(low, high, grid), [center]]))
+    stat = (_profile_prediction(x, y, target / scale, values) - rss_min) / s2
+    root = np.sign(values - center) * np.sqrt(np.maximum(stat, 0.0))
+    return values, scipy_stats.t.cdf(root, n - 3)
+
+
+def probability_lower(a: pd.DataFrame, b: pd.DataFrame, target: float) -> float:
+    """P(A's value at `target` < B's), the two arms' fits independent: from their confidence
+    distributions (prediction_distribution). NaN where either arm has too few replicates."""
+    for points in (a, b):
+        if points.groupby("compute").size().min() < MIN_REPLICATES or points.compute.nunique() < 3:
+            return math.nan
+    va, ca = prediction_distribution(a, target)
+    vb, cb = prediction_distribution(b, target)
+    # P(A < B) = integral of P(A < x) dF_B(x); the mass beyond a grid's ends sits at its ends
+    mass_b = np.diff(np.concatenate([[0.0], cb, [1.0]]))  # at each grid value, and what lies beyond the last
+    at = np.concatenate([vb, [vb[-1]]])
+    below = np.interp(at, va, ca, left=0.0, right=1.0)
+    return float(np.clip((below * mass_b).sum(), 0.0, 1.0))
 
 
 # ---- decisions ----------------------------------------------------------------------------------
@@ -156,8 +305,10 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     """The ladder part of a report, from collect()'s rows (completed runs with a `rung` and an
     `arm`): per metric (validation loss, and bits per byte where evaluated), fits per arm; per
     metric (those, and each accuracy), ranks per rung and the pairs' decisions. `target`: the
-    compute to predict at (default: 10x the largest rung's). Returns "fits", "decisions" (tables),
-    "ranks" (metric -> table), "points" (metric -> per-run table), "target"."""
+    compute to predict at (default: 10x the largest rung's). Returns "fits", "decisions",
+    "probabilities" (for every pair of arms and fitted metric, P(a better than b at the target),
+    fit_with_intervals' fits independent per arm) (tables), "ranks" (metric -> table), "points"
+    (metric -> per-run table), "target"."""
     ok = df[(df.status == "completed") & df.rung.notna()]
     compute = (ok[ok.metric == "flops_per_token"].set_index("run").value
                * ok[ok.metric == "tokens_seen"].set_index("run").value).rename("compute")
@@ -168,7 +319,7 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     wanted = [("train", "val_loss", False, True)]
     wanted += [(t, "bits_per_byte", False, True) for t in sorted(ok[ok.metric == "bits_per_byte"].task.unique())]
     wanted += [(t, "acc", True, False) for t in sorted(ok[(ok.metric == "acc") & (ok.task != "train")].task.unique())]
-    fits, tables, rank_tables, points = [], [], {}, {}
+    fits, tables, rank_tables, points, chances = [], [], {}, {}, []
     for task, metric, higher, fitted in wanted:
         part = ok[(ok.task == task) & (ok.metric == metric)].set_index("run").value.rename("value")
         values = runs.join(part, how="inner").reset_index().rename(columns={"arm": "variant"})
@@ -177,14 +328,20 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
         key = f"{task}|{metric}"
         points[key] = values
         if fitted:
-            for arm, group in values.groupby("variant", sort=False):
-                if group.rung.nunique() >= 3:  # three parameters: at least three rungs
-                    fits.append({"variant": arm, "metric": key, **fit_with_intervals(group, target)})
+            arms = {arm: g[["compute", "value"]] for arm, g in values.groupby("variant", sort=False)
+                    if g.rung.nunique() >= 3}  # three parameters: at least three rungs
+            fits += [{"variant": arm, "metric": key, **fit_with_intervals(g, target)} for arm, g in arms.items()]
+            for a, b in combinations(arms, 2):
+                lower = probability_lower(arms[a], arms[b], target)
+                better = lower if not higher else 1 - lower
+                chances.append({"metric": key, "variant_a": a, "variant_b": b, "target_flops": target,
+                                "p_a_better": better})
         table = decisions(values, higher)
         table.insert(0, "metric", key)
         tables.append(table)
         rank_tables[key] = ranks(values, higher)
     fit_table = pd.DataFrame(fits)
     decision_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    probabilities = pd.DataFrame(chances, columns=["metric", "variant_a", "variant_b", "target_flops", "p_a_better"])
     return {"fits": fit_table, "decisions": decision_table, "ranks": rank_tables, "points": points,
-            "target": target}
+            "target": target, "probabilities": probabilities}

@@ -29,6 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ablate import ladder
 from ablate.cli import command, key_values
 from ablate.registry import ConfigError
 from ablate.report.analysis import Analysis, Column, analyse
@@ -59,7 +60,8 @@ def build(experiment_dir: str | Path, baseline: str | None = None, target_flops:
     comps = comparisons(a)
     out = experiment.report_dir
     out.mkdir(exist_ok=True)
-    ctx = Context(experiment, found, a, comps, noise(a, comps), out, target_flops, plotted(found)[1])
+    rungs = ladder.analyse(found.rows, target_flops) if "rung" in found.rows else {}
+    ctx = Context(experiment, found, a, comps, noise(a, comps), out, target_flops, plotted(found)[1], rungs)
     count = f"{len(a.variants)} variant" + ("s" if len(a.variants) != 1 else "")
     return f"{experiment.path.name}: {count}", [s.build(ctx) for s in sections()], out
 

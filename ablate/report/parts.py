@@ -29,6 +29,7 @@ class Context:
     out: Path
     target_flops: float | None = None
     note: str = ""
+    ladder: dict = field(default_factory=dict)  # ablate.ladder.analyse's result, for a ladder
 
 
 @dataclass

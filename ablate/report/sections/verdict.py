@@ -17,6 +17,10 @@ class Verdict(Section):
 
     def build(self, ctx: Context) -> Part:
         said = verdict(ctx.analysis, ctx.comparisons)
+        if ctx.ladder and not ctx.ladder["probabilities"].empty:  # a ladder: the order at the target
+            from ablate.report.sections.ladder import probability_lines
+
+            said += [f"**at the target** ({line})" for line in probability_lines(ctx.ladder["probabilities"])]
         return Part([Heading("Verdict"), Bullets(said or ["nothing to compare"])])
 
 
