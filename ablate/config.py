@@ -16,15 +16,13 @@ its config hash); `identity` fields name and place a run; `derived` fields are s
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from ablate.registry import ConfigError
-
-C = TypeVar("C")
+from ablate.typed import from_dict
 
 
 def operational(default: Any = None, *, factory: Any = None) -> Any:
@@ -174,6 +172,17 @@ class ModelConfig:
             value = _get(self, name)
             if value < 1:
                 raise ConfigError(f(name), value, "must be a positive integer")
+        self._validate_attention(f)
+        if self.norm.eps <= 0:
+            raise ConfigError(f("norm.eps"), self.norm.eps, "must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f("dropout"), self.dropout, "must be in [0, 1)")
+        if self.mlp.hidden_dim is not None and self.mlp.hidden_dim < 1:
+            raise ConfigError(f("mlp.hidden_dim"), self.mlp.hidden_dim, "must be a positive integer or null")
+        return self
+
+    def _validate_attention(self, f) -> None:
+        """Heads, kv heads, head size, soft-caps and windows."""
         a = self.attention
         divisors = [d for d in range(1, a.n_heads + 1) if a.n_heads % d == 0]
         if a.n_kv_heads is not None and a.n_kv_heads not in divisors:
@@ -194,13 +203,6 @@ class ModelConfig:
         if a.window_pattern != "global" and a.window is None:
             raise ConfigError(f("attention.window"), None,
                               f"window_pattern={a.window_pattern!r} needs a window size")
-        if self.norm.eps <= 0:
-            raise ConfigError(f("norm.eps"), self.norm.eps, "must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f("dropout"), self.dropout, "must be in [0, 1)")
-        if self.mlp.hidden_dim is not None and self.mlp.hidden_dim < 1:
-            raise ConfigError(f("mlp.hidden_dim"), self.mlp.hidden_dim, "must be a positive integer or null")
-        return self
 
 
 @dataclass
@@ -416,9 +418,18 @@ class RunConfig:
                                   f"{inside}: the run lives in {self.results_dir}/<experiment>/<run_name>")
 
     def validate(self) -> RunConfig:
+        """Every number and combination of the run, section by section (ConfigError on the first
+        wrong one); the named choices are checked beside their registries (ablate.run.lifecycle)."""
         self.check_paths()
         self.model.validate("model")
-        t, o = self.train, self.optim
+        self._validate_train()
+        self._validate_distill()
+        self._validate_optim()
+        self._validate_ladder_and_data()
+        return self
+
+    def _validate_train(self) -> None:
+        t = self.train
         for name in ("tokens", "batch_tokens", "micro_batch", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name}", getattr(t, name), "must be a positive integer")
@@ -445,7 +456,9 @@ class RunConfig:
             if t.eval_suite not in self.eval.suites or not self.eval.suites[t.eval_suite].tasks:
                 raise ConfigError("train.eval_suite", t.eval_suite, "not a suite of eval.suites with tasks",
                                   valid=[n for n, s in self.eval.suites.items() if s.tasks])
-        d = t.distill
+
+    def _validate_distill(self) -> None:
+        t, d = self.train, self.train.distill
         if not 0 <= d.weight <= 1:
             raise ConfigError("train.distill.weight", d.weight, "must be in [0, 1] (0: no distillation)")
         if d.weight > 0 and not d.teacher:
@@ -458,6 +471,9 @@ class RunConfig:
             raise ConfigError("train.distill.top_k", d.top_k, "must be a positive integer or null")
         if t.compile not in (True, False, "auto"):
             raise ConfigError("train.compile", t.compile, "unknown choice", valid=("auto", "true", "false"))
+
+    def _validate_optim(self) -> None:
+        t, o = self.train, self.optim
         _choice("optim.schedule", o.schedule, ("cosine", "linear", "constant"))
         if o.lr <= 0:
             raise ConfigError("optim.lr", o.lr, "must be positive")
@@ -467,6 +483,8 @@ class RunConfig:
             raise ConfigError("tune.lr_multipliers", self.tune.lr_multipliers, "must all be positive")
         if self.tune.tokens is not None and self.tune.tokens < t.batch_tokens:
             raise ConfigError("tune.tokens", self.tune.tokens, f"smaller than one batch ({t.batch_tokens} tokens)")
+
+    def _validate_ladder_and_data(self) -> None:
         lad = self.ladder
         if lad.size is not None and lad.size < 1:
             raise ConfigError("ladder.size", lad.size, "must be a positive width or null")
@@ -482,73 +500,11 @@ class RunConfig:
                               "a byte-level BPE needs at least 257 ids (256 bytes and <|endoftext|>)")
         if self.data.val_tokens < self.seq_len + 1:
             raise ConfigError("data.val_tokens", self.data.val_tokens, f"must hold one sequence ({self.seq_len + 1})")
-        return self
 
 
 def _choice(field_name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ConfigError(field_name, value, "unknown choice", valid=valid)
-
-
-# ---- generic dataclass <- mapping ------------------------------------------------------------
-def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str) -> C:
-    """Build dataclass `cls` from `data`, recursing into nested dataclasses, with typed errors."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(prefix, data, f"expected a mapping of {cls.__name__} fields")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(path, value, f"unknown field of {cls.__name__}", valid=names)
-        kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, path: str) -> Any:
-    if hint is Any:  # checked where it is used
-        return value
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # an optional mapping or list
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(inner) == 1 and typing.get_origin(inner[0]) in (dict, list):
-            return None if value is None and type(None) in typing.get_args(hint) else _coerce(inner[0], value, path)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, path)
-    if typing.get_origin(hint) is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(path, value, "expected a mapping")
-        _, item = typing.get_args(hint)
-        return {str(k): _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, "expected a list")
-        (item,) = typing.get_args(hint)
-        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(path, value, f"must not be null (expected {_type_name(hint)})")
-    for option in options:
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, float) and value.is_integer() and float not in options:
-            return int(value)  # 5e6 and 2e8, as people type budgets, are YAML floats
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)  # YAML reads run_name=1 as a number
-    raise ConfigError(path, value, f"expected {_type_name(hint)}")
-
-
-def _type_name(hint: Any) -> str:
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join("null" if a is type(None) else a.__name__ for a in args)
-    return getattr(hint, "__name__", str(hint))
 
 
 def _get(obj: Any, dotted: str) -> Any:

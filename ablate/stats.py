@@ -124,32 +124,9 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
     delta = float(v.mean() - b.mean())
     paired = items_variant is not None and items_baseline is not None
     if len(v) >= 2 and len(b) >= 2:
-        if paired_runs:
-            parts = [((v - b).var(ddof=1) / len(v), len(v) - 1)]
-        else:
-            parts = [(v.var(ddof=1) / len(v), len(v) - 1), (b.var(ddof=1) / len(b), len(b) - 1)]
-        if paired:
-            parts.append(item_variance(items_variant, items_baseline, clusters))
-        var, df = satterthwaite(parts)
-        runs = "paired over replicates" if paired_runs else "welch over runs"
-        test = runs + (" + paired items" if paired else "")
-        test += " (clustered)" if paired and clusters is not None else ""
-        if var == 0:
-            return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, test, True)
-        t = delta / math.sqrt(var)
-        half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(var)
-        return Comparison(delta, delta - half, delta + half, float(2 * stats.t.sf(abs(t), df)), test, True)
+        return _over_runs(v, b, delta, paired_runs, items_variant if paired else None, items_baseline, clusters)
     if paired and len(v) == 1 and len(b) == 1:
-        one_v, one_b = np.asarray(items_variant, float)[0], np.asarray(items_baseline, float)[0]
-        if clusters is None:
-            return _mcnemar(one_v, one_b)
-        se, _ = _cluster_se(one_v - one_b, clusters)
-        if se == 0:
-            return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, "item-only, paired over clusters",
-                              False)
-        half = stats.norm.ppf(1 - ALPHA / 2) * se
-        return Comparison(delta, delta - half, delta + half, float(2 * stats.norm.sf(abs(delta) / se)),
-                          "item-only, paired over clusters", False)
+        return _item_only_paired(delta, items_variant, items_baseline, clusters)
     se = math.sqrt(se_variant**2 + se_baseline**2) if math.isfinite(se_variant) and math.isfinite(se_baseline) \
         else math.nan
     if not math.isfinite(se) or se == 0:
@@ -157,6 +134,42 @@ def compare(variant: np.ndarray, baseline: np.ndarray, items_variant: np.ndarray
     half = stats.norm.ppf(1 - ALPHA / 2) * se
     p = float(2 * stats.norm.sf(abs(delta) / se))
     return Comparison(delta, delta - half, delta + half, p, "item-only, unpaired", False)
+
+
+def _over_runs(v: np.ndarray, b: np.ndarray, delta: float, paired_runs: bool, items_variant: np.ndarray | None,
+               items_baseline: np.ndarray | None, clusters: np.ndarray | None) -> Comparison:
+    """Two or more runs a side: paired t over replicates or Welch's t, plus the item-set noise of
+    the paired difference where per-item results exist (items_variant not None)."""
+    paired = items_variant is not None
+    if paired_runs:
+        parts = [((v - b).var(ddof=1) / len(v), len(v) - 1)]
+    else:
+        parts = [(v.var(ddof=1) / len(v), len(v) - 1), (b.var(ddof=1) / len(b), len(b) - 1)]
+    if paired:
+        parts.append(item_variance(items_variant, items_baseline, clusters))
+    var, df = satterthwaite(parts)
+    runs = "paired over replicates" if paired_runs else "welch over runs"
+    test = runs + (" + paired items" if paired else "")
+    test += " (clustered)" if paired and clusters is not None else ""
+    if var == 0:
+        return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, test, True)
+    t = delta / math.sqrt(var)
+    half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(var)
+    return Comparison(delta, delta - half, delta + half, float(2 * stats.t.sf(abs(t), df)), test, True)
+
+
+def _item_only_paired(delta: float, items_variant: np.ndarray, items_baseline: np.ndarray,
+                      clusters: np.ndarray | None) -> Comparison:
+    """One run a side with per-item results: McNemar's exact test, or a normal test over clusters."""
+    one_v, one_b = np.asarray(items_variant, float)[0], np.asarray(items_baseline, float)[0]
+    if clusters is None:
+        return _mcnemar(one_v, one_b)
+    se, _ = _cluster_se(one_v - one_b, clusters)
+    if se == 0:
+        return Comparison(delta, delta, delta, 1.0 if delta == 0 else 0.0, "item-only, paired over clusters", False)
+    half = stats.norm.ppf(1 - ALPHA / 2) * se
+    return Comparison(delta, delta - half, delta + half, float(2 * stats.norm.sf(abs(delta) / se)),
+                      "item-only, paired over clusters", False)
 
 
 NORMAL_DF = 10**6  # the degrees of freedom of a variance known as well as a normal's (hundreds of windows)

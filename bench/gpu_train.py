@@ -31,8 +31,8 @@ from torch import nn
 from ablate.cli import compose_model
 from ablate.hf import to_hf
 from ablate.model import Transformer, model_facts
-from ablate.train import step_unless_not_finite
 from ablate.train.devices import compile_blocks, mfu, peak_tflops
+from ablate.train.optimizer import step_unless_not_finite
 
 # (dim, layers, heads): GPT-3's 125M and 350M shapes, as Llama blocks with a 32,000-token vocabulary
 SIZES = {"125m": (768, 12, 12), "350m": (1024, 24, 16), "tiny": (64, 2, 4)}

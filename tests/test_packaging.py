@@ -50,3 +50,17 @@ def test_every_module_says_what_it_owns_and_every_folder_is_a_package():
     assert not bare, f"modules without a docstring: {bare}"
     folders = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in modules}
     assert folders <= set(find_packages(str(ROOT), include=["ablate*"])), folders - set(find_packages(str(ROOT)))
+
+
+def test_no_module_too_long_and_no_function_too_branched():
+    """At most 600 lines a module, and no function above cyclomatic complexity 20 (radon's grade
+    C): a function past that is split where it reads as two jobs."""
+    from radon.complexity import cc_visit
+
+    modules = sorted((ROOT / "ablate").rglob("*.py"))
+    long = {str(p.relative_to(ROOT)): n for p in modules if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, long
+    branched = {f"{p.relative_to(ROOT)}:{b.fullname}": b.complexity for p in modules
+                for b in cc_visit(p.read_text()) if b.complexity > 20}
+    assert not branched, branched
+    assert max(b.complexity for p in modules for b in cc_visit(p.read_text())) > 10  # radon reads them

@@ -12,9 +12,8 @@ from torch import nn
 
 from ablate.config import ModelConfig, OptimConfig
 from ablate.model import Transformer
-from ablate.train import step_unless_not_finite
 from ablate.train.devices import compile_blocks, is_compiled, uncompile_blocks
-from ablate.train.optimizer import build_optimizer
+from ablate.train.optimizer import build_optimizer, step_unless_not_finite
 
 from conftest import rewound, run_cli, tiny_overrides
 

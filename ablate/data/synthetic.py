@@ -258,67 +258,96 @@ def probe_items(seed: int, n: int) -> dict[str, list[dict]]:
                (tokens back to its opener) of the first swapped closer, `gap` to the second.
     """
     lang = Language(seed)
-    rng = lang.rng
-    out: dict[str, list[dict]] = {"agreement": [], "recall": [], "copy": [], "length": [], "nesting": []}
+    # in this order: each draws from the language's one generator
+    return {"agreement": _agreement_items(lang, n), "recall": _recall_items(lang, n), "copy": _copy_items(lang, n),
+            "length": _length_items(lang, n), "nesting": _nesting_items(lang, n)}
+
+
+def _agreement_items(lang: Language, n: int) -> list[dict]:
+    items = []
     for i in range(n):
         plural, attracted, phenomenon = bool(i // 2 % 2), bool(i // 4 % 2), ("subject_verb", "anaphor")[i // 8 % 2]
         while True:
-            pair = lang.agreement_pair(plural, attracted, phenomenon, rng.randint(1, 4), past=True)
+            pair = lang.agreement_pair(plural, attracted, phenomenon, lang.rng.randint(1, 4), past=True)
             if reserved(pair.good):  # and so pair.bad: they share a signature
                 break
-        out["agreement"].append({**_pair(pair.good, pair.bad, i % 2), "phenomenon": pair.phenomenon,
-                                 "distance": pair.distance, "plural": plural, "attracted": attracted})
-    tables = 0
-    while len(out["recall"]) < n:  # every key of a table asked once: a preference for some value or
-        table, pairs = lang.recall(n_pairs=rng.randint(2, 8), distinct=True)  # slot scores chance
+        items.append({**_pair(pair.good, pair.bad, i % 2), "phenomenon": pair.phenomenon,
+                      "distance": pair.distance, "plural": plural, "attracted": attracted})
+    return items
+
+
+def _recall_items(lang: Language, n: int) -> list[dict]:
+    items, tables = [], 0
+    while len(items) < n:  # every key of a table asked once: a preference for some value or
+        table, pairs = lang.recall(n_pairs=lang.rng.randint(2, 8), distinct=True)  # slot scores chance
         if reserved(table):
             choices = sorted(v for _, v in pairs)
-            out["recall"] += [{"context": f"{table} ask {key}", "choices": choices, "gold": choices.index(value),
-                               "n_pairs": len(pairs), "slot": i, "cluster": tables}
-                              for i, (key, value) in enumerate(pairs)]
+            items += [{"context": f"{table} ask {key}", "choices": choices, "gold": choices.index(value),
+                       "n_pairs": len(pairs), "slot": i, "cluster": tables}
+                      for i, (key, value) in enumerate(pairs)]
             tables += 1
-    spans = 0
+    return items
+
+
+def _copy_items(lang: Language, n: int) -> list[dict]:
+    items, spans = [], 0
     while spans < max(10, n // 5):
-        span = lang.copy_span(rng.randint(8, 20))
+        span = lang.copy_span(lang.rng.randint(8, 20))
         if reserved(span):
             words = span.split()
-            out["copy"] += [{"context": f"copy : {span} |" + "".join(f" {w}" for w in words[:j]),
-                             "continuation": f" {words[j]}", "item": spans, "position": j, "cluster": spans,
-                             "source_chance": 1 / len(set(words))}
-                            for j in range(len(words))]
+            items += [{"context": f"copy : {span} |" + "".join(f" {w}" for w in words[:j]),
+                       "continuation": f" {words[j]}", "item": spans, "position": j, "cluster": spans,
+                       "source_chance": 1 / len(set(words))}
+                      for j in range(len(words))]
             spans += 1
+    return items
+
+
+def _length_items(lang: Language, n: int) -> list[dict]:
+    items = []
     for i in range(n):
         longer = bool(i % 2)
         while True:
-            words = lang.copy_span(rng.randint(6, 16)).split(" ")
+            words = lang.copy_span(lang.rng.randint(6, 16)).split(" ")
             if reserved(" ".join(words)):
                 break
         span = " ".join(words)
         copy = [*words, words[0]] if longer else words[:-1]
-        out["length"].append({**_pair(f"copy : {span} | {span} .", f"copy : {span} | {' '.join(copy)} .", i // 2 % 2),
-                              "length": len(words), "longer": longer})
-    while len(out["nesting"]) < n:
+        items.append({**_pair(f"copy : {span} | {span} .", f"copy : {span} | {' '.join(copy)} .", i // 2 % 2),
+                      "length": len(words), "longer": longer})
+    return items
+
+
+def _nesting_items(lang: Language, n: int) -> list[dict]:
+    items = []
+    while len(items) < n:
         tokens = lang.brackets()
         sequence = " ".join(tokens)
         if not reserved(sequence):  # most are not: the search for a swap is for those that are
             continue
-        swaps = []
-        for a in range(1, len(tokens)):
-            for b in range(a + 1, len(tokens)):
-                if (tokens[a] in CLOSERS and tokens[b] in CLOSERS and tokens[a] != tokens[b]
-                        and tokens[a - 1] in CLOSERS and tokens[b - 1] in CLOSERS and _opener(tokens, b)[0] < a):
-                    wrong = list(tokens)
-                    wrong[a], wrong[b] = tokens[b], tokens[a]
-                    if _transitions(wrong) == _transitions(tokens):
-                        swaps.append(wrong)
+        swaps = _swaps(tokens)
         if swaps:
-            wrong = rng.choice(swaps)
+            wrong = lang.rng.choice(swaps)
             a, b = (i for i, (t, w) in enumerate(zip(tokens, wrong)) if t != w)
             opener, depth = _opener(tokens, a)
-            pair = _pair(f"nest : {sequence} .", f"nest : {' '.join(wrong)} .", len(out["nesting"]) % 2)
-            out["nesting"].append({**pair, "n_pairs": len(tokens) // 2, "depth": depth, "distance": a - opener,
-                                   "gap": b - a})
-    return out
+            pair = _pair(f"nest : {sequence} .", f"nest : {' '.join(wrong)} .", len(items) % 2)
+            items.append({**pair, "n_pairs": len(tokens) // 2, "depth": depth, "distance": a - opener, "gap": b - a})
+    return items
+
+
+def _swaps(tokens: list[str]) -> list[list[str]]:
+    """Every sequence made by swapping two closers of different kinds, each after a closer, the
+    second's opener before the first, that keeps the neighbour-pair counts (`_transitions`)."""
+    swaps = []
+    for a in range(1, len(tokens)):
+        for b in range(a + 1, len(tokens)):
+            if (tokens[a] in CLOSERS and tokens[b] in CLOSERS and tokens[a] != tokens[b]
+                    and tokens[a - 1] in CLOSERS and tokens[b - 1] in CLOSERS and _opener(tokens, b)[0] < a):
+                wrong = list(tokens)
+                wrong[a], wrong[b] = tokens[b], tokens[a]
+                if _transitions(wrong) == _transitions(tokens):
+                    swaps.append(wrong)
+    return swaps
 
 
 def _pair(good: str, bad: str, gold: int) -> dict:

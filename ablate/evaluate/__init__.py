@@ -157,6 +157,15 @@ def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any
     if eval_cfg.samples and samples_file is not None:
         write_text(samples_file, "".join(json.dumps({"task": task, **row}, default=str) + "\n"
                                          for task, rows in samples.items() for row in rows))
+    items, chance = _items_and_chance(samples, results.get("configs", {}))
+    results["chance"] = chance
+    return results, items
+
+
+def _items_and_chance(samples: dict[str, list], configs: dict[str, Any]) -> tuple[dict, dict]:
+    """From lm-eval's logged samples: each task's per-item accuracies (with the clusters of items
+    that share a context), and the accuracy of guessing per multiple-choice task (the copy probe's
+    two: any source word, any lexicon word)."""
     items, chance = {}, {}
     for task, rows in samples.items():
         rows = sorted(rows, key=lambda r: r["doc_id"])
@@ -165,7 +174,7 @@ def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any
             if all(isinstance(r.get("doc"), dict) and "cluster" in r["doc"] for r in rows):
                 # items that share a context (the rows of one copied span, the queries of one table)
                 items[task]["cluster"] = [r["doc"]["cluster"] for r in rows]
-        if results.get("configs", {}).get(task, {}).get("output_type") == "multiple_choice":
+        if configs.get(task, {}).get("output_type") == "multiple_choice":
             chance[task] = {"acc": float(np.mean([1 / len(r["resps"]) for r in rows]))}
     if "ablate_copy" in samples:
         # copying's chance: any word of the source at random (a model that found the source but not
@@ -174,8 +183,7 @@ def run_tasks(lm: AblateLM, tasks: list[str], eval_cfg: EvalConfig, manager: Any
         source = [r["doc"].get("source_chance") for r in rows if isinstance(r.get("doc"), dict)]
         chance["ablate_copy"] = {"acc": float(np.mean(source)) if source and None not in source else COPY_CHANCE,
                                  "acc_lexicon": COPY_CHANCE}
-    results["chance"] = chance
-    return results, items
+    return items, chance
 
 
 def _empty_results() -> dict[str, Any]:

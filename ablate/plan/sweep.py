@@ -90,16 +90,8 @@ class PlanningSweeper(Sweeper):
             return self._sweep(arguments)
 
     def _sweep(self, arguments: list[str]) -> Any:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        grid = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
-        jobs = [self._job(job) for job in grid]  # raises on the first bad combination
-        check_eval_tasks(jobs)
-        if jobs[0].config.tune.lr_multipliers:  # before anything is written
-            tune.check_disjoint([j.config for j in jobs], jobs[0].config.tune)
+        jobs = self._checked_jobs(arguments)
         sweep = ExperimentDir(self.config.hydra.sweep.dir)
         fair = fairness.check([j.overrides for j in jobs], [j.config for j in jobs])
         write_json(sweep.fairness_file, fair.to_dict())
@@ -112,15 +104,15 @@ class PlanningSweeper(Sweeper):
             jobs = self._at_chosen_lrs(jobs, chosen, sweep)
         print(plan_table(jobs, self.config, "after tuning, at each arm's chosen LR" if tuning and not chosen else ""))
         if self.config.get("plan", False):
-            if tuning and not chosen:  # only the tuning can run now (a job array reads jobs.txt)
-                sweep.write_jobs([_line(j) for _, j in tuning])
-                print(f"{sweep.jobs_file} lists the {len(tuning)} tuning jobs; once they have finished, --plan "
-                      "again lists the experiment's jobs at the chosen LRs")
-            else:
-                self._write_plan(sweep, jobs)
+            self._plan_only(sweep, jobs, tuning if tuning and not chosen else [])
             return []
+        return self._run(sweep, jobs, tuning if tuning and not chosen else [])
+
+    def _run(self, sweep: ExperimentDir, jobs: list[Job], tuning: list[tuple[str, Job]]) -> list[Any]:
+        """Launch: the tuning runs first where they have yet to run (then the jobs at the LRs they
+        chose), then every job not completed or diverged."""
         returns, start = [], 0
-        if tuning and not chosen:
+        if tuning:
             returns += self._launch([j.overrides for _, j in tuning if j.launch], start)
             start = len(tuning)
             tuning = [(arm, self._job(j.overrides)) for arm, j in tuning]
@@ -132,6 +124,31 @@ class PlanningSweeper(Sweeper):
             log.info("%d of %d runs completed or diverged: not launched again", skipped, len(jobs))
         OmegaConf.save(self.config, sweep.sweep_config_file)
         return returns + self._launch(todo, start)
+
+    def _checked_jobs(self, arguments: list[str]) -> list[Job]:
+        """Every job of the grid, each config checked as training will check it; then the sweep's
+        evaluation tasks, and under +tune=lr that no tuning run is a reported replicate. Raises on
+        the first problem, before anything is written."""
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        grid = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        jobs = [self._job(job) for job in grid]  # raises on the first bad combination
+        check_eval_tasks(jobs)
+        if jobs[0].config.tune.lr_multipliers:  # before anything is written
+            tune.check_disjoint([j.config for j in jobs], jobs[0].config.tune)
+        return jobs
+
+    def _plan_only(self, sweep: ExperimentDir, jobs: list[Job], tuning: list[tuple[str, Job]]) -> None:
+        """--plan: the jobs written (a job array reads jobs.txt); where tuning has yet to run, only
+        the tuning jobs, since the experiment's jobs wait for the chosen LRs."""
+        if tuning:
+            sweep.write_jobs([_line(j) for _, j in tuning])
+            print(f"{sweep.jobs_file} lists the {len(tuning)} tuning jobs; once they have finished, --plan "
+                  "again lists the experiment's jobs at the chosen LRs")
+        else:
+            self._write_plan(sweep, jobs)
 
     def _launch(self, todo: list[list[str]], start: int) -> list[Any]:
         returns, size = [], self.max_batch_size or len(todo) or 1

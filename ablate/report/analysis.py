@@ -198,23 +198,27 @@ def analyse(found: Collection, baseline: str | None = None,
                        and not _lifted(a, c.key, c.chance or 0.0)]
     _add_averages(a)
     for variant in variants:
-        part = df[df.variant == variant]
-        counts = part.drop_duplicates("run").status.value_counts()
-        retried = part[(part.metric == "retried_after") & (part.status == "completed")].run.nunique()
-        a.seeds[variant] = len(runs[variant])
-        a.run_counts[variant] = (", ".join(f"{n} {s}" for s, n in counts.items())
-                                 + (f" ({retried} retried after diverging)" if retried else ""))
-        for c in a.columns:
-            got = a.run_values(variant, c.key)
-            se = ses.reindex(runs[variant])[c.key].dropna() if c.key in ses else pd.Series(dtype=float)
-            a.cells[(variant, c.key)] = stats.interval(
-                got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan,
-                items=item_term(a.items, list(got.dropna().index), c.key) or _window_term(se, c))
-            if c.kind not in UNTESTED:
-                note = _left_out(part, set(got.dropna().index), c.kind != "train", c.key)
-                if note:
-                    a.notes[(variant, c.key)] = note
+        _fill_variant(a, variant, df[df.variant == variant])
     return a
+
+
+def _fill_variant(a: Analysis, variant: str, part: pd.DataFrame) -> None:
+    """A variant's run counts, and per metric its mean and interval (and which runs it leaves out)."""
+    counts = part.drop_duplicates("run").status.value_counts()
+    retried = part[(part.metric == "retried_after") & (part.status == "completed")].run.nunique()
+    a.seeds[variant] = len(a.runs[variant])
+    a.run_counts[variant] = (", ".join(f"{n} {s}" for s, n in counts.items())
+                             + (f" ({retried} retried after diverging)" if retried else ""))
+    for c in a.columns:
+        got = a.run_values(variant, c.key)
+        se = a.ses.reindex(a.runs[variant])[c.key].dropna() if c.key in a.ses else pd.Series(dtype=float)
+        a.cells[(variant, c.key)] = stats.interval(
+            got.to_numpy(), float(se.iloc[0]) if len(got.dropna()) == 1 and len(se) else math.nan,
+            items=item_term(a.items, list(got.dropna().index), c.key) or _window_term(se, c))
+        if c.kind not in UNTESTED:
+            note = _left_out(part, set(got.dropna().index), c.kind != "train", c.key)
+            if note:
+                a.notes[(variant, c.key)] = note
 
 
 def _add_averages(a: Analysis) -> None:

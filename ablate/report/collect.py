@@ -81,54 +81,72 @@ def collect(experiment_dir: str | Path) -> Collection:
     axes = varying([*configs.values(), *missing.values()])
     if root.tuning() is not None:  # each arm at its own LR: the LR names no arm
         axes = [a for a in axes if a != "optim.lr"]
-    arm_axes = [a for a in axes if a != "ladder.size"]  # a ladder: an arm is the variant at every rung
-
-    def who(cfg: dict[str, Any]) -> dict[str, Any]:
-        named = {"variant": variant_name(cfg, axes)}
-        if arm_axes != axes:
-            named.update(rung=rung_label(cfg), arm=variant_name(cfg, arm_axes))
-        return named
-
+    who = _Namer(axes)
     found = Collection(pd.DataFrame())
     rows: list[dict[str, Any]] = [
         {"run": name, "status": "missing", "seed": cfg.get("seed", 0), "data_seed": cfg.get("data.seed", 0),
          **who(cfg), "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan}
         for name, cfg in missing.items()]
     for run in runs:
-        cfg = configs[run.name]
-        summary = run.summary() or {"status": "never started" if run.status() == "new" else run.status()}
-        base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
-                "data_seed": cfg.get("data.seed", 0), **who(cfg)}
-        for key in ("val_loss", "val_ppl", "val_bpb", "train_loss", "tokens_seen", *COST, *STABILITY):
-            if key in summary:
-                rows.append({**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan})
-        diverged = sum(a.get("status") == "diverged" for a in summary.get("attempts", []))
-        if diverged:
-            rows.append({**base, "task": "train", "metric": "retried_after", "value": diverged, "stderr": math.nan})
-        current = 0
-        for evaluation in run.evals():
-            problem = run.eval_problem(evaluation)
-            if problem is None:
-                rows += _eval_rows(base, evaluation.results)
-                current += 1
-                _keep_evaluation(found, run, evaluation)
-            else:
-                step = evaluation.provenance.get("step", math.nan)
-                rows.append({**base, "task": "eval", "metric": f"stale:{evaluation.suite}", "value": _num(step),
-                             "stderr": math.nan})
-                found.stale[(run.name, evaluation.suite)] = f"{evaluation.path.relative_to(run.path)}: {problem}"
-        if not current:
-            rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
+        rows += _run_rows(found, run, configs[run.name], who)
     found.rows = pd.DataFrame(rows)
     order = [variant_name(cfg, axes) for cfg in planned.values()] + sorted(found.rows.variant)
     found.order = list(dict.fromkeys(order))
-    for group, subtasks in found.groups.items():  # a group of multiple-choice tasks guesses as its subtasks do
-        if group not in found.chance and subtasks and all(t in found.chance for t in subtasks):
-            found.chance[group] = float(np.mean([found.chance[t] for t in subtasks]))
+    _group_chance(found)
     declared = next((cfg.get("report.primary") for cfg in configs.values() if cfg.get("report.primary")), None)
     found.primary = [str(k) for k in declared] if declared else None
     found.tokenizers = [a for a in axes if a in TOKENIZER_FIELDS]
     return found
+
+
+class _Namer:
+    """A run's names in the rows: its variant (what differs between the runs), and for a ladder
+    its rung and its arm (the variant without its rung)."""
+
+    def __init__(self, axes: list[str]) -> None:
+        self.axes, self.arm_axes = axes, [a for a in axes if a != "ladder.size"]
+
+    def __call__(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        named = {"variant": variant_name(cfg, self.axes)}
+        if self.arm_axes != self.axes:
+            named.update(rung=rung_label(cfg), arm=variant_name(cfg, self.arm_axes))
+        return named
+
+
+def _group_chance(found: Collection) -> None:
+    """A group of multiple-choice tasks guesses as its subtasks do, on average."""
+    for group, subtasks in found.groups.items():
+        if group not in found.chance and subtasks and all(t in found.chance for t in subtasks):
+            found.chance[group] = float(np.mean([found.chance[t] for t in subtasks]))
+
+
+def _run_rows(found: Collection, run: Any, cfg: dict[str, Any], who: Any) -> list[dict[str, Any]]:
+    """One run's rows: what training recorded, each current evaluation's metrics (kept in `found`
+    beside them), a row per stale evaluation and, without any current one, a `missing` row."""
+    summary = run.summary() or {"status": "never started" if run.status() == "new" else run.status()}
+    base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
+            "data_seed": cfg.get("data.seed", 0), **who(cfg)}
+    rows = [{**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan}
+            for key in ("val_loss", "val_ppl", "val_bpb", "train_loss", "tokens_seen", *COST, *STABILITY)
+            if key in summary]
+    diverged = sum(a.get("status") == "diverged" for a in summary.get("attempts", []))
+    if diverged:
+        rows.append({**base, "task": "train", "metric": "retried_after", "value": diverged, "stderr": math.nan})
+    current = 0
+    for evaluation in run.evals():
+        problem = run.eval_problem(evaluation)
+        if problem is None:
+            rows += _eval_rows(base, evaluation.results)
+            current += 1
+            _keep_evaluation(found, run, evaluation)
+        else:
+            step = evaluation.provenance.get("step", math.nan)
+            rows.append({**base, "task": "eval", "metric": f"stale:{evaluation.suite}", "value": _num(step),
+                         "stderr": math.nan})
+            found.stale[(run.name, evaluation.suite)] = f"{evaluation.path.relative_to(run.path)}: {problem}"
+    if not current:
+        rows.append({**base, "task": "eval", "metric": "missing", "value": math.nan, "stderr": math.nan})
+    return rows
 
 
 def _keep_evaluation(found: Collection, run: Any, evaluation: Any) -> None:

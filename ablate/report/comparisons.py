@@ -133,7 +133,13 @@ def comparisons(a: Analysis, primary: list[MetricKey | str] | None = None) -> Co
         rows += [r for r in (ratio_test(a, v) for v in a.variants) if r is not None]
     out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("family", "p_adjusted", "significant")]
                        + ["decides"])
-    names = {str(k) for k in family}
+    out = _marked(out, {str(k) for k in family})
+    return Comparisons(out, family, int(((out.family == "primary") & out.p_value.notna()).sum()))
+
+
+def _marked(out: pd.DataFrame, names: set[str]) -> pd.DataFrame:
+    """Each test's family, its Holm-adjusted p within the primary family (and among the item-only
+    tests), and whether it is marked (primary, adjusted p < 0.05); the columns in their order."""
     out["family"] = ["item-only" if not d else "primary" if m in names else "exploratory"
                      for m, d in zip(out.metric, out.decides)]
     out["p_adjusted"] = math.nan
@@ -142,8 +148,7 @@ def comparisons(a: Analysis, primary: list[MetricKey | str] | None = None) -> Co
         out.loc[part, "p_adjusted"] = stats.holm(out.loc[part, "p_value"].tolist())
     out["significant"] = [bool(p < stats.ALPHA) if f == "primary" and math.isfinite(p) else None
                           for p, f in zip(out.p_adjusted, out.family)]
-    out = out[COLUMNS].copy()
-    return Comparisons(out, family, int(((out.family == "primary") & out.p_value.notna()).sum()))
+    return out[COLUMNS].copy()
 
 
 def _compare(a: Analysis, variant: str, key: MetricKey) -> dict[str, Any]:

@@ -32,28 +32,11 @@ def noise(a: Analysis, comps: Comparisons | None = None) -> pd.DataFrame:
     for c in a.columns:
         if c.kind in UNTESTED or c.key not in a.values:
             continue
-        variances, dfs, components, means, grid_dfs = [], [], [], [], [0, 0]
-        for names in a.runs.values():
-            got = a.values.reindex(names)[c.key].dropna()
-            if len(got):
-                means.append(got.mean())
-            if len(got) >= 2:
-                variances.append(got.var(ddof=1))
-                dfs.append(len(got) - 1)
-                grid = pd.DataFrame({"v": got, **seeds.reindex(got.index)}).pivot_table(
-                    index="seed", columns="data_seed", values="v", aggfunc="mean")
-                if grid.shape[0] >= 2 and grid.shape[1] >= 2 and np.isfinite(grid.to_numpy()).all():
-                    components.append(stats.noise_components(grid.to_numpy()))
-                    grid_dfs = [grid_dfs[0] + grid.shape[0] - 1, grid_dfs[1] + grid.shape[1] - 1]
-        sd = math.sqrt(np.average(variances, weights=dfs)) if variances else math.nan
-        k = min((len(a.values.reindex(n)[c.key].dropna()) for n in a.runs.values()), default=0)
+        sd, k, means, parts, grid_dfs = _run_noise(a, c.key, seeds)
         item = a.ses[c.key].dropna() if c.key in a.ses else pd.Series(dtype=float)
-        parts = {name: math.sqrt(np.mean([getattr(x, name) ** 2 for x in components])) if components else math.nan
-                 for name in ("sd_init", "sd_data", "sd_residual")}
         rows.append({"metric": str(c.key), "runs_per_variant": k, "sd_runs": sd, **parts,
                      # what each source's SD rests on: 2 (a 3 x 3 grid) shows a source, it cannot rank them
-                     "df_init": grid_dfs[0] if components else math.nan,
-                     "df_data": grid_dfs[1] if components else math.nan,
+                     "df_init": grid_dfs[0], "df_data": grid_dfs[1],
                      "sd_items": math.sqrt((item**2).mean()) if len(item) else math.nan,
                      # the spread of the variants' means less what run noise alone gives them (sd^2 / k)
                      "snr": math.sqrt(max(0.0, np.var(means, ddof=1) - sd**2 / k)) / sd
@@ -62,6 +45,30 @@ def noise(a: Analysis, comps: Comparisons | None = None) -> pd.DataFrame:
                                       item_var=_item_var_of_differences(a, c.key),
                                       sd_diff=_sd_of_differences(a, c.key) if paired else None)})
     return pd.DataFrame(rows)
+
+
+def _run_noise(a: Analysis, key: MetricKey, seeds: pd.DataFrame) -> tuple:
+    """A metric's run noise: the SD over runs of one variant (pooled over variants), the fewest
+    runs of a variant, the variants' means, the SD by source (init, data order, residual) where
+    a variant's runs cross seeds and data orders, and the degrees of freedom of the first two."""
+    variances, dfs, components, means, grid_dfs = [], [], [], [], [0, 0]
+    for names in a.runs.values():
+        got = a.values.reindex(names)[key].dropna()
+        if len(got):
+            means.append(got.mean())
+        if len(got) >= 2:
+            variances.append(got.var(ddof=1))
+            dfs.append(len(got) - 1)
+            grid = pd.DataFrame({"v": got, **seeds.reindex(got.index)}).pivot_table(
+                index="seed", columns="data_seed", values="v", aggfunc="mean")
+            if grid.shape[0] >= 2 and grid.shape[1] >= 2 and np.isfinite(grid.to_numpy()).all():
+                components.append(stats.noise_components(grid.to_numpy()))
+                grid_dfs = [grid_dfs[0] + grid.shape[0] - 1, grid_dfs[1] + grid.shape[1] - 1]
+    sd = math.sqrt(np.average(variances, weights=dfs)) if variances else math.nan
+    k = min((len(a.values.reindex(n)[key].dropna()) for n in a.runs.values()), default=0)
+    parts = {name: math.sqrt(np.mean([getattr(x, name) ** 2 for x in components])) if components else math.nan
+             for name in ("sd_init", "sd_data", "sd_residual")}
+    return sd, k, means, parts, grid_dfs if components else [math.nan, math.nan]
 
 
 def _item_var_of_differences(a: Analysis, key: MetricKey) -> float:

@@ -49,7 +49,7 @@ from ablate.train.devices import (
 from ablate.train.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
 from ablate.train.distributed import Dist, full, local, setup_distributed
 from ablate.train.measure import cross_entropy, max_attention_logit, validation_bytes_per_token, validation_loss
-from ablate.train.optimizer import build_optimizer, lr_at
+from ablate.train.optimizer import build_optimizer, lr_at, step_unless_not_finite
 from ablate.train.trackers import Trackers
 
 log = logging.getLogger("ablate.train")
@@ -500,16 +500,6 @@ class Runner:
 
 
 # ---- the pieces ---------------------------------------------------------------------------------
-def step_unless_not_finite(opt: torch.optim.Optimizer, finite: torch.Tensor) -> None:
-    """opt.step(), unless `finite` (a 0-d bool tensor) is false. A fused AdamW skips the update
-    on the device (its found_inf input), so the host never waits; others read the flag."""
-    if opt.defaults.get("fused"):
-        opt.found_inf = (~finite).float()
-        opt.step()
-    elif bool(finite):
-        opt.step()
-
-
 def axes(model: ModelConfig) -> dict[str, Any]:
     """The architectural choices of a run, by name, for tables."""
     a = model.attention

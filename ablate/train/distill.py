@@ -75,15 +75,10 @@ def load_teacher(cfg: DistillConfig, seq_len: int, device: torch.device) -> Teac
     if info is None:
         return None
     if info.kind == "ablate":
-        from ablate.data.tokens import Tokenizer
-        from ablate.model import Transformer
-        from ablate.run import checkpoint as ckpt
-        from ablate.run.rundir import RunDir
+        from ablate.evaluate.lm import load_run
 
-        run = RunDir(info.path)
-        model = Transformer(RunConfig.from_dict(run.read_config()).model)
-        ckpt.restore(ckpt.load(run.final_checkpoint()), model)
-        vocab = Tokenizer.load(run.tokenizer_file).inner.get_vocab()
+        loaded = load_run(info.path)  # its final checkpoint, as evaluation and export load it
+        model, vocab = loaded.model, loaded.tokenizer.inner.get_vocab()
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

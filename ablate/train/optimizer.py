@@ -67,3 +67,13 @@ def lr_at(step: int, total: int, cfg: RunConfig) -> float:
     progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)
+
+
+def step_unless_not_finite(opt: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """opt.step(), unless `finite` (a 0-d bool tensor) is false. A fused AdamW skips the update
+    on the device (its found_inf input), so the host never waits; others read the flag."""
+    if opt.defaults.get("fused"):
+        opt.found_inf = (~finite).float()
+        opt.step()
+    elif bool(finite):
+        opt.step()

@@ -58,6 +58,15 @@ def _metric_line(a: Analysis, comps: Comparisons, key) -> str | None:
         named = ", ".join(f"`{v}` ({fmt(have[v].mean())})" for v in order)
         return (f"**{c.label}** ({direction}): one run per variant, so training noise is unknown and no "
                 f"difference can be called real. By value: {named}.")
+    parts = _sorted_out(rows, order, base, c.higher_is_better)
+    k = sorted({len(x) for x in have.values()})
+    runs_each = f"{k[0]} runs each" if len(k) == 1 else f"{k[0]} to {k[-1]} runs each"
+    return (f"**{c.label}** ({direction}, {runs_each}; against `{base}` {fmt(have[base].mean())}): "
+            + "; ".join(parts) + ".")
+
+
+def _sorted_out(rows, order: list[str], base: str, higher_is_better: bool) -> list[str]:
+    """The variants (best first) as better, worse (marked) or not separable from the baseline."""
     by = {r.variant: r for r in rows.itertuples()}
     better, worse, level = [], [], []
     for v in order:
@@ -65,14 +74,10 @@ def _metric_line(a: Analysis, comps: Comparisons, key) -> str | None:
         if v == base or r is None:
             continue
         text = f"`{v}` {fmt(r.mean)} ({r.delta:+.3g}{'*' if r.significant else ''}, p_adj {p_value(r.p_adjusted)})"
-        up = (r.delta > 0) == c.higher_is_better
+        up = (r.delta > 0) == higher_is_better
         (better if r.significant and up else worse if r.significant else level).append(text)
-    k = sorted({len(x) for x in have.values()})
-    runs_each = f"{k[0]} runs each" if len(k) == 1 else f"{k[0]} to {k[-1]} runs each"
     parts = ([f"better: {', '.join(better)}"] if better else []) + ([f"worse: {', '.join(worse)}"] if worse else [])
-    parts += [f"not separable: {', '.join(level)}"] if level else []
-    return (f"**{c.label}** ({direction}, {runs_each}; against `{base}` {fmt(have[base].mean())}): "
-            + "; ".join(parts) + ".")
+    return parts + ([f"not separable: {', '.join(level)}"] if level else [])
 
 
 def extrapolation_verdict(a: Analysis, comps: Comparisons | None = None) -> str | None:
