@@ -253,14 +253,15 @@ def probability_lower(a: pd.DataFrame, b: pd.DataFrame, target: float) -> float:
 # ---- decisions ----------------------------------------------------------------------------------
 def decisions(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
     """For each pair of variants and each rung (`values`: variant, rung, compute, value, one row
-    per run), the difference of the means (a - b), Welch's p over runs, which is better, and
-    whether that agrees with the largest rung. A pair whose difference changes sign across rungs
-    is flagged: `flip` when a rung on each side is significant at 5%, `order changes` otherwise."""
+    per run), the difference of the means (a - b), Welch's p over runs and its Holm-adjusted p
+    (over every pair and rung of the metric: one family), which is better, and whether that agrees
+    with the largest rung. A pair whose difference changes sign across rungs is flagged `flip` when
+    a rung on each side of the change is significant after Holm's adjustment (the small rungs'
+    answer is then wrong), `order not established` otherwise."""
     rows = []
     rungs = sorted(values.rung.unique(), key=lambda r: values[values.rung == r].compute.iloc[0])
     largest = rungs[-1]
-    variants = list(dict.fromkeys(values.variant))
-    for a, b in combinations(variants, 2):
+    for a, b in combinations(list(dict.fromkeys(values.variant)), 2):
         pair = []
         for rung in rungs:
             va = values[(values.variant == a) & (values.rung == rung)].value.to_numpy()
@@ -273,14 +274,17 @@ def decisions(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFr
                          "compute": float(values[values.rung == rung].compute.iloc[0]), "delta": c.delta,
                          "p_value": c.p_value if c.decides else math.nan, "better": better if c.delta else "tie"})
         final = next((r["better"] for r in pair if r["rung"] == largest), None)
-        signs = {np.sign(r["delta"]) for r in pair if r["delta"]}
-        significant = {np.sign(r["delta"]) for r in pair if r["delta"] and r["p_value"] < stats.ALPHA}
-        flag = "flip" if len(significant) > 1 else "order changes" if len(signs) > 1 else ""
-        for r in pair:
-            rows.append({**r, "agrees_with_largest": None if final is None else r["better"] == final,
-                         "sign_change": flag})
-    return pd.DataFrame(rows, columns=["variant_a", "variant_b", "rung", "compute", "delta", "p_value", "better",
-                                       "agrees_with_largest", "sign_change"])
+        rows += [{**r, "agrees_with_largest": None if final is None else r["better"] == final} for r in pair]
+    table = pd.DataFrame(rows, columns=["variant_a", "variant_b", "rung", "compute", "delta", "p_value", "better",
+                                        "agrees_with_largest"])
+    table.insert(6, "p_adjusted", stats.holm(table.p_value.tolist()) if len(table) else [])
+    table["sign_change"] = ""
+    for _, part in table.groupby(["variant_a", "variant_b"], sort=False):
+        signs = {np.sign(d) for d in part.delta if d}
+        marked = {np.sign(d) for d, p in zip(part.delta, part.p_adjusted) if d and p < stats.ALPHA}
+        if len(signs) > 1:
+            table.loc[part.index, "sign_change"] = "flip" if len(marked) > 1 else "order not established"
+    return table
 
 
 def decision_accuracy(table: pd.DataFrame) -> pd.Series:
@@ -292,6 +296,40 @@ def decision_accuracy(table: pd.DataFrame) -> pd.Series:
     return part.groupby("rung", sort=False)["agrees_with_largest"].mean()
 
 
+def decision_accuracy_intervals(values: pd.DataFrame, higher_is_better: bool = False, draws: int = 500,
+                                seed: int = 0) -> pd.DataFrame:
+    """Per rung smaller than the largest: the decision accuracy, the number of pairs it is over,
+    chance (0.5: a coin orders a pair as the largest rung does half the time), and a 95% bootstrap
+    interval that resamples every rung's replicates, the largest rung's too (its order is itself
+    measured with noise)."""
+    table = decisions(values, higher_is_better)
+    accuracy = decision_accuracy(table)
+    if accuracy.empty:
+        return pd.DataFrame(columns=["rung", "accuracy", "pairs", "chance", "low", "high"])
+    rng = np.random.default_rng(seed)
+    groups = {key: g.value.to_numpy() for key, g in values.groupby(["variant", "rung"], sort=False)}
+    compute = values.groupby("rung").compute.first()
+    largest = compute.idxmax()
+    variants = list(dict.fromkeys(values.variant))
+    pairs = list(combinations(variants, 2))
+    sampled = []
+    for _ in range(draws):
+        means = {k: rng.choice(v, len(v)).mean() for k, v in groups.items()}
+        sampled.append({rung: np.mean([_order(means, a, b, rung, higher_is_better)
+                                       == _order(means, a, b, largest, higher_is_better) for a, b in pairs
+                                       if (a, rung) in means and (b, rung) in means])
+                        for rung in accuracy.index})
+    draws_by_rung = pd.DataFrame(sampled)
+    return pd.DataFrame([{"rung": rung, "accuracy": float(acc), "pairs": len(pairs), "chance": 0.5,
+                          "low": float(draws_by_rung[rung].quantile(0.025)),
+                          "high": float(draws_by_rung[rung].quantile(0.975))} for rung, acc in accuracy.items()])
+
+
+def _order(means: dict, a: str, b: str, rung: str, higher_is_better: bool) -> bool:
+    """Whether `a` is better than `b` at `rung` by these means."""
+    return (means[(a, rung)] > means[(b, rung)]) == higher_is_better
+
+
 def ranks(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
     """The variants' rank (1 = best, by mean over runs) at each rung: rows rungs (by compute),
     columns variants."""
@@ -301,6 +339,26 @@ def ranks(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
 
 
 # ---- from a collected experiment ----------------------------------------------------------------
+def _p_better(a: pd.DataFrame, b: pd.DataFrame, compute: float, higher_is_better: bool) -> float:
+    """P(a's value at `compute` is the better one) from the two fits."""
+    lower = probability_lower(a, b, compute)
+    return 1 - lower if higher_is_better else lower
+
+
+def _checked_at_largest(a: pd.DataFrame, b: pd.DataFrame, higher_is_better: bool) -> dict[str, Any]:
+    """The same probability from the smaller rungs only, at the largest rung's compute, beside what
+    the largest rung measured (whether a's mean there is the better one): how often such a
+    statement is right, at the confidence it states, is what the ladder's predictions are worth."""
+    largest = max(a.compute.max(), b.compute.max())
+    smaller_a, smaller_b = a[a.compute < largest], b[b.compute < largest]
+    if smaller_a.compute.nunique() < 3 or smaller_b.compute.nunique() < 3:
+        return {"largest_flops": largest, "p_a_better_at_largest": math.nan, "a_better_at_largest": None}
+    mean_a, mean_b = a[a.compute == largest].value.mean(), b[b.compute == largest].value.mean()
+    return {"largest_flops": largest, "p_a_better_at_largest": _p_better(smaller_a, smaller_b, largest,
+                                                                          higher_is_better),
+            "a_better_at_largest": bool((mean_a > mean_b) == higher_is_better)}
+
+
 def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     """The ladder part of a report, from collect()'s rows (completed runs with a `rung` and an
     `arm`): per metric (validation loss, and bits per byte where evaluated), fits per arm; per
@@ -319,7 +377,7 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
     wanted = [("train", "val_loss", False, True)]
     wanted += [(t, "bits_per_byte", False, True) for t in sorted(ok[ok.metric == "bits_per_byte"].task.unique())]
     wanted += [(t, "acc", True, False) for t in sorted(ok[(ok.metric == "acc") & (ok.task != "train")].task.unique())]
-    fits, tables, rank_tables, points, chances = [], [], {}, {}, []
+    fits, tables, rank_tables, points, chances, accuracies = [], [], {}, {}, [], []
     for task, metric, higher, fitted in wanted:
         part = ok[(ok.task == task) & (ok.metric == metric)].set_index("run").value.rename("value")
         values = runs.join(part, how="inner").reset_index().rename(columns={"arm": "variant"})
@@ -332,16 +390,20 @@ def analyse(df: pd.DataFrame, target: float | None = None) -> dict[str, Any]:
                     if g.rung.nunique() >= 3}  # three parameters: at least three rungs
             fits += [{"variant": arm, "metric": key, **fit_with_intervals(g, target)} for arm, g in arms.items()]
             for a, b in combinations(arms, 2):
-                lower = probability_lower(arms[a], arms[b], target)
-                better = lower if not higher else 1 - lower
                 chances.append({"metric": key, "variant_a": a, "variant_b": b, "target_flops": target,
-                                "p_a_better": better})
+                                "p_a_better": _p_better(arms[a], arms[b], target, higher),
+                                **_checked_at_largest(arms[a], arms[b], higher)})
         table = decisions(values, higher)
         table.insert(0, "metric", key)
         tables.append(table)
+        accuracy = decision_accuracy_intervals(values, higher)
+        accuracy.insert(0, "metric", key)
+        accuracies.append(accuracy)
         rank_tables[key] = ranks(values, higher)
     fit_table = pd.DataFrame(fits)
     decision_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    probabilities = pd.DataFrame(chances, columns=["metric", "variant_a", "variant_b", "target_flops", "p_a_better"])
+    probabilities = pd.DataFrame(chances, columns=["metric", "variant_a", "variant_b", "target_flops", "p_a_better",
+                                                   "largest_flops", "p_a_better_at_largest", "a_better_at_largest"])
     return {"fits": fit_table, "decisions": decision_table, "ranks": rank_tables, "points": points,
-            "target": target, "probabilities": probabilities}
+            "target": target, "probabilities": probabilities,
+            "accuracy": pd.concat(accuracies, ignore_index=True) if accuracies else pd.DataFrame()}

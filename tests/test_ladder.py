@@ -11,7 +11,15 @@ import yaml
 
 from ablate.cli import compose_root
 from ablate.config import RunConfig
-from ablate.ladder import decision_accuracy, decisions, fit_power_law, fit_with_intervals, probability_lower, ranks
+from ablate.ladder import (
+    decision_accuracy,
+    decision_accuracy_intervals,
+    decisions,
+    fit_power_law,
+    fit_with_intervals,
+    probability_lower,
+    ranks,
+)
 from ablate.model.facts import model_facts
 from ablate.registry import ConfigError
 from ablate.run.lifecycle import for_train
@@ -126,7 +134,8 @@ def test_decisions_and_their_accuracy_are_exact_on_constructed_rankings():
     assert len(table) == 3 * 3
     ab = table[(table.variant_a == "a") & (table.variant_b == "b")].set_index("rung")
     assert list(ab.better) == ["a", "b", "b"] and list(ab.agrees_with_largest) == [False, True, True]
-    assert (ab.sign_change == "flip").all()  # significant on both sides
+    assert (ab.sign_change == "flip").all()  # significant on both sides, after Holm over all 9 tests
+    assert (table.p_adjusted >= table.p_value).all()
     assert (table[table.variant_b == "c"].sign_change == "").all()
     assert decision_accuracy(table).to_dict() == pytest.approx({"small": 2 / 3, "mid": 1.0})
     assert ranks(values).loc["small"].to_dict() == {"a": 1, "b": 2, "c": 3}
@@ -135,7 +144,13 @@ def test_decisions_and_their_accuracy_are_exact_on_constructed_rankings():
     noisy = values.copy()
     noisy.loc[(noisy.rung == "small") & (noisy.variant == "a"), "value"] = [2.7, 3.3, 3.55]
     flags = decisions(noisy).set_index(["variant_a", "variant_b", "rung"]).sign_change
-    assert flags[("a", "b", "small")] == "order changes"
+    assert flags[("a", "b", "small")] == "order not established"
+    # the accuracy comes with its pairs, chance and an interval over the replicates, the largest's too
+    acc = decision_accuracy_intervals(values).set_index("rung")
+    assert acc.loc["small", "accuracy"] == pytest.approx(2 / 3) and acc.loc["small", "pairs"] == 3
+    assert (acc.chance == 0.5).all() and (acc.low <= acc.accuracy).all() and (acc.accuracy <= acc.high).all()
+    wide = decision_accuracy_intervals(noisy).set_index("rung")
+    assert wide.loc["small", "high"] - wide.loc["small", "low"] > 0  # noise at a rung widens it
 
 
 def test_a_tiny_ladder_plans_trains_and_reports(cache_dir, tmp_path):
@@ -157,6 +172,16 @@ def test_a_tiny_ladder_plans_trains_and_reports(cache_dir, tmp_path):
     assert len(table[table.metric == "train|val_loss"]) == 3  # one pair at three rungs
     assert table.agrees_with_largest.dropna().isin([True, False]).all()
     assert (report / "scaling.png").stat().st_size > 5000 and (report / "ranks.png").stat().st_size > 5000
+    # the main table compares arms within a rung, never across rungs
+    comps = pd.read_csv(report / "comparisons.csv")
+    rows = comps[comps.baseline != "1 (no change)"]
+    assert len(rows) and (rows.variant.str.split(",").str[0] == rows.baseline.str.split(",").str[0]).all()
+    assert "no comparison across rungs" in out
+    # one seed: no probability of an order at the target (too few replicates), said so
+    chances = pd.read_csv(report / "probabilities.csv")
+    assert list(chances.columns[:5]) == ["metric", "variant_a", "variant_b", "target_flops", "p_a_better"]
+    assert chances.p_a_better.isna().all() and "too few replicates" in out
+    assert (pd.read_csv(report / "decision_accuracy.csv").chance == 0.5).all()
     assert "## Ladder" in out and "Decision accuracy" in out
     (largest,) = [run for run in (tmp_path / "default").glob("*-s0")  # a name gives way to a hash when long
                   if "alibi" in run.name and yaml.safe_load((run / "config.yaml").read_text())["ladder"]["size"] == 32]

@@ -67,6 +67,18 @@ class Analysis:
     notes: dict[tuple[str, MetricKey], str] = field(default_factory=dict)
     replicates: dict[str, tuple[int, int]] = field(default_factory=dict)
     primary: list[MetricKey | str] | None = None
+    rungs: dict[str, str] = field(default_factory=dict)  # a ladder: variant -> its rung
+
+    def baseline_of(self, variant: str) -> str | None:
+        """The variant a variant is compared with: the baseline, or on a ladder the baseline's arm
+        at the variant's own rung (never a variant of another rung); None where that arm has no
+        run at the rung."""
+        if not self.rungs:
+            return self.baseline
+        arm = self.collection.arms.get(self.baseline)
+        same = [v for v in self.variants if self.rungs.get(v) == self.rungs.get(variant)
+                and self.collection.arms.get(v) == arm]
+        return same[0] if same else None
 
     @property
     def items(self) -> dict[tuple[str, str], Items]:
@@ -190,7 +202,8 @@ def analyse(found: Collection, baseline: str | None = None,
     runs = {v: list(status.index[(status.variant == v) & (status.status == "completed")]) for v in variants}
     a = Analysis(found, variants, baseline, columns_of(found), runs, values, ses,
                  replicates={r: (int(s.seed), int(s.data_seed)) for r, s in status.iterrows()},
-                 primary=primary if primary else found.primary)
+                 primary=primary if primary else found.primary,
+                 rungs=dict(zip(status.variant, status.rung)) if "rung" in status else {})
     # an accuracy is uninformative when no variant is above chance; one without a chance level (an
     # exact-match accuracy, as lambada's) when no variant is above 0
     a.uninformative = [c.key for c in a.columns
@@ -325,17 +338,19 @@ def paired_items(a: Analysis, variant: str, key: MetricKey) -> tuple[np.ndarray 
     in doc order, and those items' clusters (None where each item is its own)."""
     if not key.is_accuracy:
         return None, None
-    shared = shared_ids(a.items, a.runs[variant] + a.runs[a.baseline], key.task)  # both arms answered
+    base = a.baseline_of(variant)
+    shared = shared_ids(a.items, a.runs[variant] + a.runs[base], key.task)  # both arms answered
     return (None, None) if shared is None else item_matrix(a.items, a.runs[variant], key.task, shared)
 
 
 def aligned(a: Analysis, variant: str) -> tuple[list[str], list[str], bool]:
     """The completed runs of `variant` and of the baseline, and whether they pair: where both arms
     hold the same replicates, the baseline's runs reordered so that run k of each is replicate k."""
-    keys_v, keys_b = _replicates(a, variant), _replicates(a, a.baseline)
+    base = a.baseline_of(variant)
+    keys_v, keys_b = _replicates(a, variant), _replicates(a, base)
     if keys_v is None or keys_b is None or set(keys_v) != set(keys_b):
-        return a.runs[variant], a.runs[a.baseline], False
-    by_key = dict(zip(keys_b, a.runs[a.baseline]))
+        return a.runs[variant], a.runs[base], False
+    by_key = dict(zip(keys_b, a.runs[base]))
     return a.runs[variant], [by_key[k] for k in keys_v], True
 
 

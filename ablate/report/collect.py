@@ -56,6 +56,7 @@ class Collection:
     items: dict[tuple[str, str], Items] = field(default_factory=dict)
     primary: list[str] | None = None
     tokenizers: list[str] = field(default_factory=list)
+    arms: dict[str, str] = field(default_factory=dict)  # a ladder: variant -> its arm (the variant without its rung)
 
     def runs(self) -> pd.DataFrame:
         """One row per run (its status, seeds, variant), indexed by run."""
@@ -96,6 +97,8 @@ def collect(experiment_dir: str | Path) -> Collection:
     declared = next((cfg.get("report.primary") for cfg in configs.values() if cfg.get("report.primary")), None)
     found.primary = [str(k) for k in declared] if declared else None
     found.tokenizers = [a for a in axes if a in TOKENIZER_FIELDS]
+    if "arm" in found.rows:
+        found.arms = dict(zip(found.rows.variant, found.rows.arm))
     return found
 
 

@@ -123,7 +123,7 @@ def comparisons(a: Analysis, primary: list[MetricKey | str] | None = None) -> Co
     family = primary_family(a, primary if primary is not None else a.primary)
     rows = []
     for variant in a.variants:
-        if variant == a.baseline:
+        if a.baseline_of(variant) in (None, variant):
             continue
         for c in a.columns:
             if c.kind in UNTESTED or c.key not in a.values:
@@ -157,12 +157,13 @@ def _compare(a: Analysis, variant: str, key: MetricKey) -> dict[str, Any]:
     sv = a.ses.reindex(v_runs)[key] if key in a.ses else v * math.nan
     sb = a.ses.reindex(b_runs)[key] if key in a.ses else b * math.nan
     items_v, clusters = paired_items(a, variant, key)
-    items_b, _ = paired_items(a, a.baseline, key)
+    base = a.baseline_of(variant)
+    items_b, _ = paired_items(a, base, key)
     result = stats.compare(v.to_numpy(), b.to_numpy(), items_v, items_b,
                            float(sv.iloc[0]) if len(sv) == 1 else math.nan,
                            float(sb.iloc[0]) if len(sb) == 1 else math.nan,
                            paired_runs=paired_runs, clusters=clusters)
-    return {"variant": variant, "baseline": a.baseline, "metric": str(key), "n_seeds": int(v.notna().sum()),
+    return {"variant": variant, "baseline": base, "metric": str(key), "n_seeds": int(v.notna().sum()),
             "n_seeds_baseline": int(b.notna().sum()), "mean": v.mean(), "baseline_mean": b.mean(),
             "delta": result.delta, "ci_low": result.low, "ci_high": result.high,
             "p_value": result.p_value, "decides": result.decides, "test": result.test}

@@ -76,10 +76,11 @@ def _item_var_of_differences(a: Analysis, key: MetricKey) -> float:
     the variants; 0 for a metric without per-item results."""
     found = []
     for variant in a.variants:
-        if variant == a.baseline:
+        base = a.baseline_of(variant)
+        if base in (None, variant):
             continue
         v, clusters = paired_items(a, variant, key)
-        b, _ = paired_items(a, a.baseline, key)
+        b, _ = paired_items(a, base, key)
         if v is not None and b is not None:
             found.append(stats.item_variance(v, b, clusters)[0])
     return float(np.mean(found)) if found else 0.0
@@ -92,8 +93,10 @@ def _sd_of_differences(a: Analysis, key: MetricKey) -> float | None:
         return None
     variances, dfs = [], []
     for variant in a.variants:
+        if a.baseline_of(variant) in (None, variant):
+            continue
         v_runs, b_runs, paired = aligned(a, variant)
-        if variant == a.baseline or not paired:
+        if not paired:
             continue
         d = a.values.reindex(v_runs)[key].to_numpy() - a.values.reindex(b_runs)[key].to_numpy()
         d = d[np.isfinite(d)]

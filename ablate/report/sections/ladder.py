@@ -24,11 +24,13 @@ class Ladder(Section):
         result = ctx.ladder
         if not result:
             return Part()
-        blocks = ladder_blocks(result["fits"], result["decisions"], result["ranks"], result["target"])
+        blocks = ladder_blocks(result["fits"], result["decisions"], result["ranks"], result["target"],
+                               result["accuracy"])
         blocks[1:1] = probability_blocks(result["probabilities"])
         fits = result["fits"]
         return Part(blocks, [Table("ladder", fits), Table("decisions", result["decisions"]),
-                             Table("probabilities", result["probabilities"])], plot(result, ctx.out))
+                             Table("probabilities", result["probabilities"]),
+                             Table("decision_accuracy", result["accuracy"])], plot(result, ctx.out))
 
 
 def probability_lines(table: pd.DataFrame) -> list[str]:
@@ -47,11 +49,32 @@ def probability_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def checked_lines(table: pd.DataFrame) -> list[str]:
+    """The same probability from the smaller rungs, at the largest rung, against what it measured."""
+    lines = []
+    for r in table.itertuples(index=False):
+        if not math.isfinite(r.p_a_better_at_largest):
+            continue
+        first, second, p = ((r.variant_a, r.variant_b, r.p_a_better_at_largest) if r.p_a_better_at_largest >= 0.5
+                            else (r.variant_b, r.variant_a, 1 - r.p_a_better_at_largest))
+        right = (first == r.variant_a) == bool(r.a_better_at_largest)
+        lines.append(f"{label(r.metric)}: from the smaller rungs, `{first}` beats `{second}` at the largest rung "
+                     f"({r.largest_flops:.3g} FLOPs) with probability {p:.2f}; the largest rung measured "
+                     + ("the same order (right)" if right else "the other order (wrong)"))
+    return lines
+
+
 def probability_blocks(table: pd.DataFrame) -> list[Block]:
     if table.empty:
         return []
-    return [Text(["The order at the target, from each arm's fit and its uncertainty (the fits' confidence "
-                  "distributions, the arms independent; probabilities.csv):"]), Bullets(probability_lines(table))]
+    blocks: list[Block] = [Text(["The order at the target, from each arm's fit and its uncertainty (the fits' "
+                                 "confidence distributions, the arms independent; probabilities.csv):"]),
+                           Bullets(probability_lines(table))]
+    checked = checked_lines(table)
+    if checked:
+        blocks += [Text(["Checked where it can be: the same probability from the smaller rungs alone, at the "
+                         "largest rung, against what that rung measured:"]), Bullets(checked)]
+    return blocks
 
 
 def label(key: str) -> str:
@@ -60,7 +83,7 @@ def label(key: str) -> str:
 
 
 def ladder_blocks(fits: pd.DataFrame, table: pd.DataFrame, rank_tables: dict[str, pd.DataFrame],
-                  target: float) -> list[Block]:
+                  target: float, accuracy: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = [Heading("Ladder")]
     if not fits.empty:
         blocks.append(Text([f"Fits of L(C) = E + A * C^(-alpha) to each variant's runs against training compute C "
@@ -79,26 +102,31 @@ def ladder_blocks(fits: pd.DataFrame, table: pd.DataFrame, rank_tables: dict[str
                                "rungs": r.rungs, "runs": r.runs} for r in fits.itertuples(index=False)])
         blocks.append(Frame(shown.set_index("metric")))
     for key, rank in rank_tables.items():
-        blocks += _rank_blocks(key, rank, table[table.metric == key])
+        part = accuracy[accuracy.metric == key] if len(accuracy) else accuracy
+        blocks += _rank_blocks(key, rank, table[table.metric == key], part)
     return blocks
 
 
-def _rank_blocks(key: str, rank: pd.DataFrame, part: pd.DataFrame) -> list[Block]:
-    accuracy = ladder.decision_accuracy(part)
+def _rank_blocks(key: str, rank: pd.DataFrame, part: pd.DataFrame, accuracy: pd.DataFrame) -> list[Block]:
     order = {rung: ", ".join(f"`{v}`" for v in rank.loc[rung].sort_values().index) for rung in rank.index}
     at_rungs = "; ".join(f"{r}: {o}" for r, o in order.items())
     lines = [f"**{label(key)}**: best first at each rung: {at_rungs}."]
     if len(accuracy):
-        apart = part.groupby("rung", sort=False).p_value.apply(lambda p: f"{(p < stats.ALPHA).sum()} of {len(p)}")
-        lines.append("Decision accuracy (the share of pairs ordered as at the largest rung; an order counts "
-                     "whether or not its difference is significant, decisions.csv has each p): "
-                     + ", ".join(f"{r}: {a:.0%}" for r, a in accuracy.items())
-                     + ". Pairs significantly apart (Welch, 5%) at each rung: "
-                     + ", ".join(f"{r}: {n}" for r, n in apart.items()) + ".")
+        apart = part.groupby("rung", sort=False).p_adjusted.apply(
+            lambda p: f"{(p < stats.ALPHA).sum()} of {len(p)}")
+        pairs = int(accuracy.pairs.iloc[0])
+        lines.append(f"Decision accuracy (the share of the {pairs} pair{'s' if pairs != 1 else ''} ordered as at the "
+                     "largest rung, chance 50%, [95% interval resampling every rung's replicates, the largest's "
+                     "too]; an order counts whether or not its difference is significant): "
+                     + ", ".join(f"{r.rung}: {r.accuracy:.0%} [{r.low:.0%}, {r.high:.0%}]"
+                                 for r in accuracy.itertuples(index=False))
+                     + ". Pairs significantly apart (Welch, Holm-adjusted over every pair and rung, 5%) at each "
+                     "rung: " + ", ".join(f"{r}: {n}" for r, n in apart.items()) + ".")
     flips = part[part.sign_change != ""].drop_duplicates(["variant_a", "variant_b"])
     changes = [f"`{f.variant_a}` vs `{f.variant_b}` "
-               + ("changes sign, significantly on both sides (a flip: the small rungs' answer does not hold)"
-                  if f.sign_change == "flip" else "changes sign within noise") + "."
+               + ("changes sign, significantly on both sides after Holm's adjustment (a flip: the small rungs' "
+                  "answer does not hold)" if f.sign_change == "flip"
+                  else "changes sign across rungs: order not established") + "."
                for f in flips.itertuples(index=False)]
     return [Text(lines), *([Bullets(changes)] if changes else [])]
 

@@ -12,7 +12,8 @@ class Legend(Section):
     def build(self, ctx: Context) -> Part:
         a, comps = ctx.analysis, ctx.comparisons
         one_run = min(a.seeds.values()) < 2
-        return Part([Text([legend(a.baseline, comps.tests, one_run, [k.short_task for k in a.average_tasks],
+        base = f"`{a.collection.arms.get(a.baseline, a.baseline)}` at the same rung" if a.rungs else f"`{a.baseline}`"
+        return Part([Text([legend(base, comps.tests, one_run, [k.short_task for k in a.average_tasks],
                             [f"{k.task} {k.metric}" for k in comps.family])])])
 
 
@@ -22,7 +23,7 @@ def legend(base: str, tests: int, one_run: bool, averaged: list[str], family: li
     text = (f"Each cell: the mean over completed runs ± the half-width of its 95% interval (t over runs, k - 1 "
             f"degrees of freedom; for an accuracy, widened by the noise of its item set, counted once, and for "
             f"a perplexity on the extrapolation windows by the windows' own: `interval` in table.csv says "
-            f"which), then (the difference to the baseline `{base}`). ")
+            f"which), then (the difference to the baseline {base}). ")
     if one_run:
         text += ("With one run of a variant, training noise is unknown: its interval is item-only (the item-level "
                  "error, clustered where items share a context) and no difference is marked; comparisons.csv has "

@@ -28,7 +28,9 @@ class Main(Section):
                 if (c.kind in ("train", "confounded", "average", "cost") and c.key.metric != "wall_time_s")
                 or (c.kind == "task" and c.key.task not in a.subtasks)]
         narrow = full[["runs", *[cells.header(c) for c in main]]]
-        lines = [Heading(f"Main metrics (baseline `{a.baseline}`)"), Frame(narrow)]
+        base = (f"baseline `{a.collection.arms.get(a.baseline, a.baseline)}` at each rung: no comparison across rungs"
+                if a.rungs else f"baseline `{a.baseline}`")
+        lines = [Heading(f"Main metrics ({base})"), Frame(narrow)]
         tables = [Table("table", a.table(), ("csv",), index=True), Table("table", full, ("tex",), index=True),
                   Table("comparisons", ctx.comparisons.table), Table("noise", ctx.noise)]
         return Part(lines, tables, [p for p in (plot_loss(ctx), plot_scores(ctx), plot_deltas(ctx)) if p])

@@ -38,20 +38,34 @@ def verdict(a: Analysis, comps: Comparisons) -> list[str]:
             if line:
                 lines.append(line)
             continue
-        line = _metric_line(a, comps, key)
-        if line:
-            lines.append(line)
+        for base, group in _groups(a):
+            line = _metric_line(a, comps, key, base, group)
+            if line:
+                lines.append(line)
     return lines
 
 
-def _metric_line(a: Analysis, comps: Comparisons, key) -> str | None:
+def _groups(a: Analysis) -> list[tuple[str, list[str]]]:
+    """The variants that are compared together, each group with its baseline: all of them, or on a
+    ladder those of each rung (never across rungs)."""
+    if not a.rungs:
+        return [(a.baseline, a.variants)]
+    groups = {}
+    for v in a.variants:
+        base = a.baseline_of(v)
+        if base is not None:
+            groups.setdefault(base, []).append(v)
+    return list(groups.items())
+
+
+def _metric_line(a: Analysis, comps: Comparisons, key, base: str, variants: list[str]) -> str | None:
     c = a.column(key)
-    have = {v: a.values.reindex(a.runs[v])[key].dropna() for v in a.variants} if key in a.values else {}
+    have = {v: a.values.reindex(a.runs[v])[key].dropna() for v in variants} if key in a.values else {}
     have = {v: x for v, x in have.items() if len(x)}
-    base = a.baseline
     if len(have) < 2 or base not in have:
         return None
     rows = comps.rows(key)
+    rows = rows[rows.variant.isin(variants)]
     direction = "higher is better" if c.higher_is_better else "lower is better"
     order = sorted(have, key=lambda v: have[v].mean(), reverse=c.higher_is_better)
     if min(len(x) for x in have.values()) < 2 or not (rows.family == "primary").any():
