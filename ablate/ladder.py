@@ -280,11 +280,18 @@ def decisions(values: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFr
     table.insert(6, "p_adjusted", stats.holm(table.p_value.tolist()) if len(table) else [])
     table["sign_change"] = ""
     for _, part in table.groupby(["variant_a", "variant_b"], sort=False):
-        signs = {np.sign(d) for d in part.delta if d}
-        marked = {np.sign(d) for d, p in zip(part.delta, part.p_adjusted) if d and p < stats.ALPHA}
-        if len(signs) > 1:
-            table.loc[part.index, "sign_change"] = "flip" if len(marked) > 1 else "order not established"
+        table.loc[part.index, "sign_change"] = _sign_change(part)
     return table
+
+
+def _sign_change(part: pd.DataFrame) -> str:
+    """A pair's rungs: `flip` where the difference changes sign with a Holm-significant rung on each
+    side, `order not established` where it changes sign otherwise, "" where it keeps its sign."""
+    signs = {np.sign(d) for d in part.delta if d}
+    marked = {np.sign(d) for d, p in zip(part.delta, part.p_adjusted) if d and p < stats.ALPHA}
+    if len(signs) < 2:
+        return ""
+    return "flip" if len(marked) > 1 else "order not established"
 
 
 def decision_accuracy(table: pd.DataFrame) -> pd.Series:

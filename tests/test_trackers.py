@@ -59,12 +59,12 @@ def test_trackers_keep_one_run_across_a_kill_and_resume(cache_dir, tmp_path):
 
 
 def test_trackio_logs_locally(cache_dir, tmp_path):
-    trackio = pytest.importorskip("trackio")
+    pytest.importorskip("trackio")
     store = tmp_path / "trackio"
     run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=t", "train.tokens=10240",
                                             "train.loggers=[trackio]", "train.tracker_project=watch"),
             env={"TRACKIO_DIR": str(store)})
-    assert trackio is not None and any(store.rglob("*watch*")), sorted(store.rglob("*"))
+    assert any(store.rglob("*watch*")), sorted(store.rglob("*"))  # the run logged where TRACKIO_DIR says
 
 
 def test_a_missing_tracker_names_its_extra(monkeypatch):

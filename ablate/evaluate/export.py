@@ -13,6 +13,8 @@ from ablate.evaluate.lm import load_run
 from ablate.registry import ConfigError
 from ablate.run.rundir import RunDir
 
+ARGUMENTS = ("run", "out", "checkpoint")  # of ablate-export
+
 
 def hf_tokenizer(tokenizer: Tokenizer):
     """Our tokenizer as a transformers fast tokenizer, end-of-text as its eos token."""
@@ -38,7 +40,7 @@ def export_run(run: str | Path, out: str | Path | None = None, checkpoint: str |
 
 def main(argv: list[str] | None = None) -> int:
     def body(argv: list[str]) -> int:
-        args = key_values(argv, ("run", "out", "checkpoint"))
+        args = key_values(argv, ARGUMENTS)
         if "run" not in args:
             raise ConfigError("run", None, "say which run: run=PATH")
         print(export_run(args["run"], args.get("out"), args.get("checkpoint")))
