@@ -223,14 +223,15 @@ def prediction_distribution(points: pd.DataFrame, target: float, grid: int = 200
     fit = fit_power_law(compute, y)
     n = len(y)
     x, scale = _scaled(compute)
-    rss_min = float(_rss_per_alpha(x, y)[0].min())
+    rss_min = float(min(_rss_per_alpha(x, y)[0].min(), ((y - fit(compute)) ** 2).sum()))  # as fit_with_intervals
     s2 = rss_min / (n - 3)
-    center = float(fit(target))
-    wide = fit_with_intervals(points, target, level=0.999)
-    low = wide["predicted_low"] if math.isfinite(wide["predicted_low"]) else 0.0
-    high = wide["predicted_high"] if math.isfinite(wide["predicted_high"]) else center + 100 * (center - low + 1e-9)
+    center, t = float(fit(target)), target / scale
+    # the grid spans the 99.9% interval (the prediction's profile alone, not E's and alpha's)
+    low, high = _profile_interval(lambda v: (_profile_prediction(x, y, t, np.array([v]))[0] - rss_min) / s2,
+                                  center, float(np.std(y)) or 1e-3, scipy_stats.t.ppf(0.9995, n - 3) ** 2, 0.0)
+    high = high if math.isfinite(high) else center + 100 * (center - low + 1e-9)
     values = np.unique(np.concatenate([np.linspace(low, high, grid), [center]]))
-    stat = (_profile_prediction(x, y, target / scale, values) - rss_min) / s2
+    stat = (_profile_prediction(x, y, t, values) - rss_min) / s2
     root = np.sign(values - center) * np.sqrt(np.maximum(stat, 0.0))
     return values, scipy_stats.t.cdf(root, n - 3)
 
