@@ -1,4 +1,4 @@
-"""The edges: Hydra (its ConfigStore, run names, composing conf/) and the command line of every
+"""The edges: Hydra (its ConfigStore, the run-name resolver, composing conf/) and the command line of every
 console script, with one way of reporting a user's mistake: `error: ...` on one line, exit
 status 2, no traceback.
 
@@ -9,16 +9,14 @@ status 2, no traceback.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ablate.config import IDENTITY, OPERATIONAL, ModelConfig, RunConfig
+from ablate.config import ModelConfig, RunConfig
 from ablate.files import WriteError
 from ablate.registry import ConfigError
 from ablate.run.checkpoint import CheckpointError
@@ -77,71 +75,13 @@ def register_configs() -> None:
     from omegaconf import OmegaConf
 
     from ablate.config import DataConfig, EvalConfig
+    from ablate.naming import run_name
 
     OmegaConf.register_new_resolver("ablate_run_name", run_name, replace=True)
     store = ConfigStore.instance()
     store.store(name="model_base", node=dataclasses.asdict(ModelConfig()))
     store.store(name="data_base", node=dataclasses.asdict(DataConfig()))
     store.store(name="eval_base", node=dataclasses.asdict(EvalConfig()))
-
-
-def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str:
-    """A readable run name: the model preset and its axis choices, the data set when not the
-    built-in one, the other command-line overrides that change what is computed (last part of the
-    key, the last value given), and the seed.
-    E.g. default-rope-mha-rmsnorm-pre-swiglu-s0, gpt2-alibi-mqa-layernorm-pre-gelu_tanh-dim=512-s1."""
-    axes = ("model/position", "model/attention", "model/norm", "model/placement", "model/mlp")
-    extra = sorted(g for g in choices if g.startswith("model/") and g not in axes)  # e.g. model/softcap
-    parts = [choices.get(g) for g in ("model", *axes, *extra)]
-    if choices.get("data") not in (None, "synthetic"):
-        parts.append(choices["data"])
-    named: dict[str, str] = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        key = key.lstrip("+~")
-        # group choices are named above, the seed at the end; identity and operational fields name nothing
-        if key in choices or key == "seed" or key.startswith(("hydra.", *IDENTITY, *OPERATIONAL)):
-            continue
-        named[key] = value  # a key given twice keeps its first place and its last value
-    # the key's last part names it (dim=512), unless that is `seed`, which -s<seed> names: data_seed=1
-    parts += [f"{k.rsplit('.', 1)[-1] if not k.endswith('.seed') else k.replace('.', '_')}={name_value(v)}"
-              for k, v in named.items()]
-    head = [str(p) for p in parts[:len(parts) - len(named)] if p is not None]  # the preset, axes, data set
-    return f"{_fit(head, [str(p) for p in parts[len(parts) - len(named):]])}-s{seed}"
-
-
-def _fit(head: list[str], tail: list[str]) -> str:
-    """head-tail joined by '-', within NAME_LIMIT bytes: when too long, the earliest named
-    overrides give way to a hash of the whole (~1a2b3c4d), so that the preset and axes, and the
-    overrides given last (the LR a tuning sets), still read."""
-    full = "-".join([*head, *tail])
-    if len(full.encode()) <= NAME_LIMIT:
-        return full
-    tag, tail = f"~{_short_hash(full, 8)}", list(tail)
-    while tail and len("-".join([*head, tag, *tail]).encode()) > NAME_LIMIT:
-        tail.pop(0)
-    return "-".join([*head, tag, *tail]).encode()[:NAME_LIMIT].decode(errors="ignore")
-
-
-NAME_LIMIT = 92  # characters of a run name before its seed: a name fits on a line (config.yaml holds the rest)
-_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.+-]{1,24}$")
-
-
-def _short_hash(text: str, n: int) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def name_value(value: str) -> str:
-    """A value as it appears in a run name: as it is when short and plain (512, 3e-4, rope);
-    else a readable stem and a short hash of the whole value, so that a name holds no path, glob
-    or bracket character (data.paths=[/data/*.jsonl] -> paths=jsonl~3f2a1c)."""
-    if _PLAIN_VALUE.match(value):
-        return value
-    first = Path(value.strip("[]{}()'\" ").split(",")[0].strip("'\" ")).name  # a file name, a word
-    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", first).strip("_.")
-    base, dot, _ = stem.rpartition(".")
-    stem = (base.strip("_.") if dot and base.strip("_.") else stem.replace(".", "_")) or "value"
-    return f"{stem[:16]}~{_short_hash(value, 6)}"
 
 
 def run_config(node: Any, phase: str = "train") -> RunConfig:

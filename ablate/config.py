@@ -87,6 +87,9 @@ def attention_family(n_heads: int, n_kv_heads: int | None) -> str:
     return "mqa" if n_kv_heads == 1 else f"gqa{n_kv_heads}"
 
 
+PARAMETRIZATIONS = ("sp", "mup")
+
+
 @dataclass
 class NormConfig:
     """Normalisation layers (their placement is ModelConfig.placement)."""
@@ -126,6 +129,11 @@ class ModelConfig:
     match_mha_params: bool = False  # widen the MLP of GQA / MQA back to MHA's parameter count (Llama 2)
     dropout: float = 0.0
     init_std: float = 0.02
+    # sp: init, learning rates and logits as they are at every width; mup: relative to mup_base_dim
+    # (hidden matrices Normal(0, init_std / sqrt(m)) and Adam LR / m, logits / m, attention 1/d),
+    # m = dim / mup_base_dim, so that an LR tuned at the base width holds at others
+    parametrization: str = "sp"
+    mup_base_dim: int = 256
 
     # ---- resolved values -------------------------------------------------------------------
     @property
@@ -146,8 +154,19 @@ class ModelConfig:
 
     @property
     def attn_scale(self) -> float:
-        """Factor on q.k scores."""
-        return (self.attention.query_pre_attn_scalar or self.head_dim) ** -0.5
+        """Factor on q.k scores: 1/sqrt(d) (1/d under muP, d the head size or query_pre_attn_scalar)."""
+        d = self.attention.query_pre_attn_scalar or self.head_dim
+        return 1.0 / d if self.parametrization == "mup" else d**-0.5
+
+    @property
+    def width_mult(self) -> float:
+        """m = dim / mup_base_dim under muP, 1 under SP: what init, hidden LRs and logits scale by."""
+        return self.dim / self.mup_base_dim if self.parametrization == "mup" else 1.0
+
+    @property
+    def matrix_std(self) -> float:
+        """The init std of a hidden matrix: init_std, divided by sqrt(m) under muP (variance 1/fan_in)."""
+        return self.init_std / self.width_mult**0.5
 
     # ---- construction and checks ---------------------------------------------------------
     @classmethod
@@ -168,7 +187,11 @@ class ModelConfig:
         def f(name: str) -> str:
             return f"{prefix}.{name}"
 
-        for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "attention.n_heads", "position.nope_every"):
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ConfigError(f("parametrization"), self.parametrization, "unknown parametrization",
+                              valid=PARAMETRIZATIONS)
+        for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "attention.n_heads", "position.nope_every",
+                     "mup_base_dim"):
             value = _get(self, name)
             if value < 1:
                 raise ConfigError(f(name), value, "must be a positive integer")
@@ -351,6 +374,8 @@ class TuneConfig:
     # so that the run that picked an LR is never the run reported at it
     seed: int = 1000
     data_seed: int = 1000
+    # a ladder under muP: the LR is tuned at the smallest rung and checked at this one (null: the largest)
+    check_size: int | None = None
 
 
 @dataclass

@@ -88,6 +88,8 @@ class Family:
 
     def mismatches(self, cfg: ModelConfig) -> list[str]:
         found = [f"{k} is {_value(cfg, k)!r}, needs {v!r}" for k, v in self.fixed.items() if _value(cfg, k) != v]
+        if cfg.parametrization != "sp":  # logits / m and attention 1/d: no transformers class scales so
+            return [*found, f"parametrization is {cfg.parametrization!r}, needs 'sp'"]
         return found + self.check(cfg)
 
     def rows(self, n_layers: int) -> Iterator[WeightRow]:

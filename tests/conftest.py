@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # marked @pytest.mark.slow by hand (long simulations, compilation).
 SLOW_FIXTURES = {"cache_dir", "any_teacher", "completed", "small_disk"}
 SLOW_CALLS = ("run_cli(", "cli_in_process(", "train_in_process(", "plan_in_process(", "subprocess.", "_start(")
+# The suite runs on two workers (pytest-xdist, `-n 2 --dist loadgroup`), each with one thread. Tests
+# that hold a shared resource run on one worker, one after another: the Slurm cluster's one node,
+# and torchrun's fixed ports.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, 2 // WORKERS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,6 +30,10 @@ def pytest_collection_modifyitems(config, items):
         source = inspect.getsource(function) if function is not None else ""
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif "torch.distributed.run" in source:
+            item.add_marker(pytest.mark.xdist_group("torchrun"))
 
 
 def pairwise(columns: list[list]) -> set[tuple]:
@@ -44,8 +53,9 @@ def pairwise(columns: list[list]) -> set[tuple]:
 
 @pytest.fixture(autouse=True)
 def _deterministic():
-    """Two threads (the CI machine has two cores; more oversubscribes) and a fixed seed per test."""
-    torch.set_num_threads(2)
+    """Two threads (the CI machine has two cores; more oversubscribes), one per worker when two
+    workers share them, and a fixed seed per test."""
+    torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     yield
 
@@ -72,7 +82,7 @@ def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
             "data.vocab_size=512", "data.val_tokens=2048", f"data.cache_dir={cache}", f"results_dir={results}",
             "train.tokens=40960", "train.batch_tokens=1024", "train.micro_batch=8", "train.log_every=1",
             "train.eval_every=10", "train.checkpoint_every=10", "train.progress=lines", "optim.warmup_steps=5",
-            "train.precision=fp32", *extra]
+            "train.precision=fp32", *([f"train.threads={THREADS}"] if WORKERS > 1 else []), *extra]
 
 
 def train_in_process(cache: Path, results: Path, name: str, *extra: str) -> Path:

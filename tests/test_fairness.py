@@ -66,7 +66,7 @@ def test_a_role_treated_or_started_differently_is_a_confound(monkeypatch):
     assert fairness.check(overrides, configs).confounds == []
     fair_rule = optimizer.treatment
     monkeypatch.setattr(optimizer, "treatment",
-                        lambda role, o: fair_rule("matrix" if role == "output" else role, o))
+                        lambda role, o, m=1.0: fair_rule("matrix" if role == "output" else role, o, m))
     (line,) = fairness.check(overrides, configs).confounds
     assert line == ("confound: the optimizer treats output parameters differently: no decay (tie_embeddings), "
                     "decay 0.1 (no tie_embeddings)")

@@ -165,10 +165,19 @@ def test_a_second_start_mid_run_stops_and_a_requeue_waits(cache_dir, tmp_path):
     second = subprocess.run([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, capture_output=True, text=True)
     line = _one_error_line(second)
     assert f"pid {first.pid} on " in line
-    requeued = _start(args, env={"SLURM_RESTART_COUNT": "1"})
-    assert first.wait(timeout=600) == 0
-    said = "".join(requeued.communicate(timeout=600))
-    assert requeued.returncode == 0 and "waiting up to" in said and "already completed" in said
+    # the holder paused until the requeued job is seen waiting for it: no race with the holder's end
+    first.send_signal(signal.SIGSTOP)
+    log = tmp_path / "requeued.log"
+    with log.open("w") as out:
+        requeued = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, text=True, stdout=out,
+                                    stderr=subprocess.STDOUT, env={**os.environ, "SLURM_RESTART_COUNT": "1"})
+    try:
+        _wait_for(lambda: "waiting up to" in log.read_text(), requeued)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=600) == 0 and requeued.wait(timeout=600) == 0
+    said = log.read_text()
+    assert "already completed" in said
     steps = [m["step"] for m in _metrics(run)]
     assert steps == sorted(set(steps)) and steps[-1] == 120
     assert "attempts" not in _summary(run)  # no false "killed" attempt

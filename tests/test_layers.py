@@ -80,8 +80,8 @@ def test_find_cycle_finds_one():
 # The phases read upward in the order each builds on the one before: training evaluates as it goes,
 # a plan checks every job as training and evaluation will, a report reads plans, runs and evaluations.
 LAYERS = [
-    ("foundation", ("ablate", "ablate.registry", "ablate.typed", "ablate.config", "ablate.files", "ablate.signals",
-                    "ablate.stats", "ablate.ladder")),
+    ("foundation", ("ablate", "ablate.registry", "ablate.typed", "ablate.config", "ablate.naming", "ablate.files",
+                    "ablate.signals", "ablate.stats", "ablate.ladder")),
     ("model and data", ("ablate.model", "ablate.data", "ablate.hf")),
     ("a run", ("ablate.run", "ablate.cli")),
     ("evaluate", ("ablate.evaluate",)),

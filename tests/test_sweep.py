@@ -88,7 +88,7 @@ def test_run_names_are_short_readable_and_safe_for_a_file_system():
     two paths give two names."""
     import re
 
-    from ablate.cli import run_name
+    from ablate.naming import run_name
 
     choices = {"model": "default", "model/position": "rope", "model/attention": "mha", "model/norm": "rmsnorm",
                "model/placement": "pre", "model/mlp": "swiglu", "data": "files"}
@@ -103,3 +103,21 @@ def test_run_names_are_short_readable_and_safe_for_a_file_system():
     assert names[0].endswith("-batch_tokens=2048-s0")  # the overrides given last still read
     assert "paths=jsonl~" in names[1] and names[1] != names[2]
     assert names[3] == "default-rope-mha-rmsnorm-pre-swiglu-files-dim=512-s1"
+
+
+def test_one_function_names_a_choice_in_the_run_name_the_axes_and_the_variant():
+    """A choice reads the same wherever it is named: the run's directory, the axes it logs and the
+    report's label of its arm."""
+    from ablate import naming
+    from ablate.config import RunConfig
+    from ablate.run.rundir import flatten
+
+    flat = flatten(RunConfig.from_dict({"model": {"position": {"kind": "alibi"}, "embedding_norm": False,
+                                                  "attention": {"n_heads": 4, "n_kv_heads": 1}}}).to_dict())
+    fields = ["model.position.kind", "model.attention.n_kv_heads", "model.embedding_norm", "model.dim"]
+    assert naming.variant(flat, fields) == f"alibi, mqa, no embedding_norm, dim={flat['model.dim']}"
+    axes = naming.axes(flat)
+    assert (axes["position"], axes["attention"], axes["embedding_norm"]) == ("alibi", "mqa", "no embedding_norm")
+    name = naming.run_name({"model": "default"}, ["model.position.kind=alibi", "model.embedding_norm=false",
+                                                  f"model.dim={flat['model.dim']}"], 0)
+    assert name == f"default-alibi-no_embedding_norm-dim={flat['model.dim']}-s0"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.cli import run_name
 from ablate.config import RunConfig
 from ablate.model import Transformer
+from ablate.naming import run_name
 from ablate.train.optimizer import build_optimizer, lr_at
 
 from conftest import ROOT, run_cli, tiny_overrides

@@ -88,8 +88,8 @@ class Block(nn.Module):
         a = cfg.attention
         self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attn_scale, a.softcap,
                               plan.window, a.qkv_bias, a.out_bias, cfg.dropout, plan.index, plan.positions,
-                              cfg.init_std, cfg.n_layers)
-        self.mlp = Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind, cfg.mlp.bias, cfg.init_std, cfg.n_layers)
+                              cfg.matrix_std, cfg.n_layers)
+        self.mlp = Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind, cfg.mlp.bias, cfg.matrix_std, cfg.n_layers)
         p = self.placement
         # a norm on a branch's output (sandwich) starts at a pre-norm branch's scale; on the stream, at 1
         out_scale = cfg.init_std / math.sqrt(2 * cfg.n_layers) if p.norm_in else 1.0

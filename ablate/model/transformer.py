@@ -138,6 +138,8 @@ class Transformer(nn.Module):
             x = self.final_norm(x)
         weight = self.tok_embed.weight if self.head is None else self.head.weight
         logits = F.linear(x, weight)  # (B, T, dim) @ (vocab, dim).T -> (B, T, vocab)
+        if self.cfg.width_mult != 1:
+            logits = logits / self.cfg.width_mult  # muP's output multiplier: the readout's update stays O(1)
         if self.cfg.logit_softcap is not None:
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, RunConfig, attention_family
+from ablate import naming
+from ablate.config import DERIVED, IDENTITY, OPERATIONAL, REPLICATE, RunConfig
 from ablate.run.rundir import flatten
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -39,8 +40,9 @@ SIZE_FIELDS = ("model.", "model.dim", "model.n_layers", "model.mlp.hidden_dim", 
                "model.attention.n_heads", "model.vocab_size", "model.max_seq_len")
 # fields the optimizer treatment and the init scales follow from: when one differs between arms,
 # their differences are the axis's (or a confound already named), not a new one
-OPTIMIZER_FIELDS = ("optim.",)
-INIT_FIELDS = ("model.init_std", "model.n_layers", "model.placement", "model.norm.unit_offset")
+OPTIMIZER_FIELDS = ("optim.", "model.parametrization", "model.mup_base_dim")
+INIT_FIELDS = ("model.init_std", "model.n_layers", "model.placement", "model.norm.unit_offset",
+               "model.parametrization", "model.mup_base_dim")
 INIT_BUILD_LIMIT = 100_000_000  # parameters: larger arms are not built at plan time to measure init
 NOT_ARMS = (*REPLICATE, *OPERATIONAL, *IDENTITY, *DERIVED)
 
@@ -61,22 +63,8 @@ def varying(configs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def variant_name(cfg: dict[str, Any], axes: Sequence[str]) -> str:
-    """A short label: the choice itself for named choices (alibi, sandwich), the attention family
-    for kv heads (mha, gqa2, mqa), key=value otherwise."""
-    if not axes:
-        return "all"
-    return ", ".join(_label(cfg, k) for k in axes)
-
-
-def _label(cfg: dict[str, Any], key: str) -> str:
-    value, last = cfg.get(key), key.split(".")[-1]
-    if key == "model.attention.n_kv_heads":
-        return attention_family(cfg.get("model.attention.n_heads"), value)
-    if last in ("kind", "placement") and isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return last if value else f"no {last}"
-    return f"{last}={value}"
+    """A short label of an arm, from the fields that differ between arms (ablate.naming)."""
+    return naming.variant(cfg, axes)
 
 
 # ---- the axes -------------------------------------------------------------------------------------
@@ -170,10 +158,15 @@ def arms_of(configs: Sequence[RunConfig]) -> list[Arm]:
     return list(arms.values())
 
 
-def arm_names(configs: Sequence[RunConfig]) -> list[str]:
+def arm_names(configs: Sequence[RunConfig], across_rungs: bool = False) -> list[str]:
     """The arm of each config: named by the fields that differ between arms (seeds and operational
-    fields are not arms)."""
-    flats = [{k: v for k, v in flatten(c.to_dict()).items() if not k.startswith(NOT_ARMS)} for c in configs]
+    fields are not arms). `across_rungs`: a ladder's rungs are one arm (a rung's size and what
+    follows from it name nothing)."""
+    from ablate.run.lifecycle import RUNG_FIELDS
+
+    rung = ("ladder.size", *RUNG_FIELDS) if across_rungs else ()
+    flats = [{k: v for k, v in flatten(c.to_dict()).items() if not k.startswith(NOT_ARMS) and k not in rung}
+             for c in configs]
     differ = varying(flats)
     return [variant_name(f, differ) for f in flats]
 
@@ -282,7 +275,7 @@ def _optimizer(arms: Sequence[Arm], result: Fairness) -> None:
     per_arm = {}
     for arm in arms:
         _, roles = _roles(arm)
-        treated = {role: str(treatment(role, arm.config.optim)) for role in roles.values()}
+        treated = {role: str(treatment(role, arm.config.optim, arm.config.model.width_mult)) for role in roles.values()}
         if arm.config.model.tie_embeddings:  # the token table is the output matrix too
             treated["output"] = treated["embedding"]
         per_arm[arm.name] = treated

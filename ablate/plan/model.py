@@ -35,6 +35,10 @@ def describe(cfg: ModelConfig, micro_batch: int = 8, seq_len: int | None = None,
         f"embedding   {'tied' if cfg.tie_embeddings else 'untied'}" + (", scaled by sqrt(dim)" if cfg.embedding_scale
                                                                        else "")
         + (f", logit soft-cap {cfg.logit_softcap:g}" if cfg.logit_softcap else ""),
+        "parametrization sp" if cfg.parametrization == "sp" else
+        f"parametrization mup, width x{cfg.width_mult:g} of {cfg.mup_base_dim}: hidden init std "
+        f"{cfg.matrix_std:.3g}, hidden Adam LR x{1 / cfg.width_mult:.3g}, logits x{1 / cfg.width_mult:.3g}, "
+        f"attention 1/d",
     ]
     f = model_facts(cfg)
     lines += [

@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -52,6 +52,15 @@ def register() -> None:
     ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf)
 
 
+class Tuning(NamedTuple):
+    """A tuning run: its arm, its stage (`tune` chooses the LR; `check`, on a muP ladder, runs the
+    same grid at a larger rung to see whether the LR transfers) and its job."""
+
+    arm: str
+    stage: str
+    job: Job
+
+
 @dataclass
 class Job:
     overrides: list[str]
@@ -77,6 +86,7 @@ class PlanningSweeper(Sweeper):
         super().__init__()
         self.max_batch_size, self.params = max_batch_size, dict(params or {})
         self.hydra_context = self.config = self.launcher = None
+        self.transfers: list[tune.Transfer] = []  # a muP ladder's check stage, once its runs are done
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -97,9 +107,9 @@ class PlanningSweeper(Sweeper):
         write_json(sweep.fairness_file, fair.to_dict())
         print("\n".join(fair.lines() or ["fairness: one arm, nothing to compare"]))
         tuning = self._tuning_jobs(jobs) if jobs[0].config.tune.lr_multipliers else []
-        chosen = self._choices(tuning) if tuning and not any(j.launch for _, j in tuning) else None
+        chosen = self._choices(tuning) if tuning and not any(t.job.launch for t in tuning) else None
         if tuning:
-            print(plan_table([j for _, j in tuning], self.config, "LR tuning (one run per arm and LR)"))
+            print(plan_table([t.job for t in tuning], self.config, "LR tuning (one run per arm and LR)"))
         if chosen:
             jobs = self._at_chosen_lrs(jobs, chosen, sweep)
         print(plan_table(jobs, self.config, "after tuning, at each arm's chosen LR" if tuning and not chosen else ""))
@@ -108,14 +118,14 @@ class PlanningSweeper(Sweeper):
             return []
         return self._run(sweep, jobs, tuning if tuning and not chosen else [])
 
-    def _run(self, sweep: ExperimentDir, jobs: list[Job], tuning: list[tuple[str, Job]]) -> list[Any]:
+    def _run(self, sweep: ExperimentDir, jobs: list[Job], tuning: list[Tuning]) -> list[Any]:
         """Launch: the tuning runs first where they have yet to run (then the jobs at the LRs they
         chose), then every job not completed or diverged."""
         returns, start = [], 0
         if tuning:
-            returns += self._launch([j.overrides for _, j in tuning if j.launch], start)
+            returns += self._launch([t.job.overrides for t in tuning if t.job.launch], start)
             start = len(tuning)
-            tuning = [(arm, self._job(j.overrides)) for arm, j in tuning]
+            tuning = [t._replace(job=self._job(t.job.overrides)) for t in tuning]
             jobs = self._at_chosen_lrs(jobs, self._choices(tuning), sweep)
         self._write_plan(sweep, jobs)
         todo = [j.overrides for j in jobs if j.launch]
@@ -140,11 +150,11 @@ class PlanningSweeper(Sweeper):
             tune.check_disjoint([j.config for j in jobs], jobs[0].config.tune)
         return jobs
 
-    def _plan_only(self, sweep: ExperimentDir, jobs: list[Job], tuning: list[tuple[str, Job]]) -> None:
+    def _plan_only(self, sweep: ExperimentDir, jobs: list[Job], tuning: list[Tuning]) -> None:
         """--plan: the jobs written (a job array reads jobs.txt); where tuning has yet to run, only
         the tuning jobs, since the experiment's jobs wait for the chosen LRs."""
         if tuning:
-            sweep.write_jobs([_line(j) for _, j in tuning])
+            sweep.write_jobs([_line(t.job) for t in tuning])
             print(f"{sweep.jobs_file} lists the {len(tuning)} tuning jobs; once they have finished, --plan "
                   "again lists the experiment's jobs at the chosen LRs")
         else:
@@ -164,46 +174,75 @@ class PlanningSweeper(Sweeper):
         sweep.write_plan([(_line(j), j.run_dir.name, j.config.to_dict()) for j in jobs])
 
     # ---- +tune=lr ---------------------------------------------------------------------------------
-    def _tuning_jobs(self, jobs: list[Job]) -> list[tuple[str, Job]]:
-        """(arm, job) for every arm and LR of the grid; the runs go to <experiment>/tune/."""
+    def _tuning_jobs(self, jobs: list[Job]) -> list[Tuning]:
+        """A tuning run for every arm and LR of the grid; the runs go to <experiment>/tune/. On a
+        muP ladder an arm spans its rungs: tuned at the smallest, checked at tune.check_size."""
         swept = fairness.swept([j.overrides for j in jobs])
         if "optim.lr" in swept:
             raise ConfigError("optim.lr", ",".join(swept["optim.lr"]), "is swept and tuned at once: +tune=lr picks "
                               "each arm's LR itself; sweep optim.lr without +tune=lr, or drop it from the sweep")
-        names = fairness.arm_names([j.config for j in jobs])
-        firsts = {name: job for name, job in reversed(list(zip(names, jobs)))}
+        stages = self._stages(jobs)
+        names = fairness.arm_names([j.config for j in jobs], across_rungs=len(stages) > 1)
         out = []
-        for name in dict.fromkeys(names):
-            job = firsts[name]
-            for lr in tune.lr_grid(job.config.optim.lr, job.config.tune):
-                overrides = tune.tuning_overrides(job.overrides, job.config.tune, lr)
-                run_name = self._job(overrides).config.run_name
-                out.append((name, self._job([*overrides, f"run_name='tune/{run_name}'"])))
+        for stage, size in stages.items():
+            at_rung = [(n, j) for n, j in zip(names, jobs) if size is None or j.config.ladder.size == size]
+            firsts = {name: job for name, job in reversed(at_rung)}
+            for name in dict.fromkeys(n for n, _ in at_rung):
+                job = firsts[name]
+                for lr in tune.lr_grid(job.config.optim.lr, job.config.tune):
+                    overrides = tune.tuning_overrides(job.overrides, job.config.tune, lr)
+                    run_name = self._job(overrides).config.run_name
+                    out.append(Tuning(name, stage, self._job([*overrides, f"run_name='tune/{run_name}'"])))
         return out
 
-    def _choices(self, tuning: list[tuple[str, Job]]) -> dict[str, tune.Choice]:
-        """Each arm's LR from its finished tuning runs; RunError if one did not finish."""
-        unfinished = [str(j.run_dir) for _, j in tuning if j.status not in ("completed", "diverged")]
+    @staticmethod
+    def _stages(jobs: list[Job]) -> dict[str, int | None]:
+        """{stage: the rung it runs at}: `tune` at every job's own shape, or, on a ladder whose
+        every job is muP, `tune` at the smallest rung and `check` at tune.check_size (the largest)."""
+        sizes = sorted({j.config.ladder.size for j in jobs if j.config.ladder.size is not None})
+        if len(sizes) < 2 or any(j.config.model.parametrization != "mup" for j in jobs):
+            return {"tune": None}
+        check = jobs[0].config.tune.check_size or sizes[-1]
+        if check not in sizes[1:]:
+            raise ConfigError("tune.check_size", check, "must be a rung of the ladder above the smallest, where the "
+                              "LR tuned at the smallest is checked", valid=sizes[1:])
+        return {"tune": sizes[0], "check": check}
+
+    def _choices(self, tuning: list[Tuning]) -> dict[str, tune.Choice]:
+        """Each arm's LR from its finished tuning runs (stage `tune`); RunError if one did not
+        finish. The check stage's choices are `self.checked`."""
+        unfinished = [str(t.job.run_dir) for t in tuning if t.job.status not in ("completed", "diverged")]
         if unfinished:
             raise RunError(f"tuning runs did not finish, so no LR can be chosen: {', '.join(unfinished)}; "
                            "run the sweep again to resume them")
-        results: dict[str, list] = {}
-        for arm, job in tuning:
-            summary = RunDir(job.run_dir).summary() or {}
-            results.setdefault(arm, []).append((job.config.optim.lr, job.status,
-                                                float(summary.get("val_loss", math.nan)), job.run_dir.name))
-        return {arm: tune.choose(arm, found) for arm, found in results.items()}
+        results: dict[tuple[str, str], list] = {}
+        for t in tuning:
+            summary = RunDir(t.job.run_dir).summary() or {}
+            results.setdefault((t.stage, t.arm), []).append((t.job.config.optim.lr, t.job.status,
+                                                             float(summary.get("val_loss", math.nan)),
+                                                             t.job.run_dir.name))
+        chosen = {arm: tune.choose(arm, found) for (stage, arm), found in results.items() if stage == "tune"}
+        checked = {arm: tune.choose(arm, found) for (stage, arm), found in results.items() if stage == "check"}
+        sizes = {t.stage: t.job.config.ladder.size for t in tuning}
+        self.transfers = [tune.transfer(chosen[arm], c, sizes["tune"], sizes["check"]) for arm, c in checked.items()]
+        return chosen
 
     def _at_chosen_lrs(self, jobs: list[Job], chosen: dict[str, tune.Choice], sweep: ExperimentDir) -> list[Job]:
         """The experiment's jobs at each arm's chosen LR; tune.json written, each choice printed."""
-        names = fairness.arm_names([j.config for j in jobs])
+        transfers = self.transfers
+        names = fairness.arm_names([j.config for j in jobs], across_rungs=bool(transfers))
         base = jobs[0].config
         write_json(sweep.tune_file, {"base_lr": base.optim.lr, "multipliers": base.tune.lr_multipliers,
                                      "tokens": base.tune.tokens or base.train.tokens, "seed": base.tune.seed,
                                      "data_seed": base.tune.data_seed, "holdout": "tuning",
-                                     "arms": [c.to_dict() for c in chosen.values()]})
+                                     "arms": [c.to_dict() for c in chosen.values()],
+                                     "transfer": [t.to_dict() for t in transfers]})
         print("chosen learning rates (lowest final validation loss):")
         print("\n".join(f"  {tune.describe(c)}" for c in chosen.values()))
+        if transfers:
+            print(f"muP ladder: tuned at size={transfers[0].tuned_at}, used at every rung; checked at "
+                  f"size={transfers[0].checked_at}:")
+            print("\n".join(f"  {tune.describe_transfer(t)}" for t in transfers))
         return [self._job([*j.overrides, f"optim.lr={chosen[name].lr:.6g}"]) for name, j in zip(names, jobs)]
 
     def _job(self, overrides: Sequence[str]) -> Job:

@@ -13,6 +13,12 @@
 <experiment>/tune.json keeps the grid, every tuning run's loss and status, each arm's choice, and
 the largest LR that did not diverge; ablate-report draws the LR-sensitivity plot from it and says
 whether the arms rank the same at the shared base LR.
+
+On a ladder under muP (model.parametrization=mup: the LR is meant to hold across widths), step 1
+runs at the smallest rung only and its LR serves every rung; a check stage runs the same grid at one
+larger rung (tune.check_size; null: the largest), and tune.json says per arm whether the optimum
+there is within one grid step of the transferred LR ("LR transfers") or not. Under SP every rung
+is an arm of its own and is tuned on its own.
 """
 
 from __future__ import annotations
@@ -95,6 +101,46 @@ def choose(arm: str, results: Sequence[tuple[float, str, float, str]]) -> Choice
     stable = [lr for lr, r in zip(lrs, results) if r[1] != "diverged" and math.isfinite(r[2])]
     return Choice(arm, lrs, losses, [r[1] for r in results], [r[3] for r in results], best, edge,
                   max(stable) if stable else None)
+
+
+@dataclass
+class Transfer:
+    """Whether an arm's LR, tuned at the smallest rung, is still the best at a larger one."""
+
+    arm: str
+    tuned_at: int  # ladder.size of the tuning stage
+    checked_at: int  # ladder.size of the check stage
+    tuned_lr: float
+    check_lr: float  # the best LR of the check stage's grid
+    grid_steps: int  # how many grid steps apart the two optima are
+    check_edge: str | None  # the check's optimum at an end of its grid
+
+    @property
+    def transfers(self) -> bool:
+        return self.grid_steps <= 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "transfers": self.transfers}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Transfer:
+        return cls(**{k: v for k, v in d.items() if k != "transfers"})
+
+
+def transfer(tuned: Choice, check: Choice, tuned_at: int, checked_at: int) -> Transfer:
+    """The check stage's verdict on one arm: its optimum's distance in grid steps from the tuned LR."""
+    steps = abs(check.lrs.index(check.lr) - check.lrs.index(tuned.lr)) if tuned.lr in check.lrs else len(check.lrs)
+    return Transfer(tuned.arm, tuned_at, checked_at, tuned.lr, check.lr, steps, check.edge)
+
+
+def describe_transfer(t: Transfer) -> str:
+    """One line: `rope: LR transfers ...` or `LR does not transfer for sandwich ...`."""
+    where = (f"best {t.tuned_lr:g} at size={t.tuned_at}, {t.check_lr:g} at size={t.checked_at}: "
+             f"{t.grid_steps} grid step{'s' if t.grid_steps != 1 else ''} apart")
+    edge = f"; at size={t.checked_at} the optimum is at the {t.check_edge} end of the grid" if t.check_edge else ""
+    if t.transfers:
+        return f"{t.arm}: LR transfers ({where}{edge})"
+    return f"LR does not transfer for {t.arm} ({where}{edge})"
 
 
 def describe(choice: Choice) -> str:

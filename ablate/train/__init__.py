@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ablate import naming
 from ablate.cli import hydra_app, remove_if_empty
-from ablate.config import OPERATIONAL, ModelConfig, RunConfig
+from ablate.config import OPERATIONAL, RunConfig
 from ablate.data.batches import Batches
 from ablate.data.tokens import TokenData, prepare
 from ablate.files import WriteError
@@ -237,7 +238,7 @@ class Runner:
         self.read_every = 1 if device.type == "cpu" else cfg.train.log_every
         self.val_bytes_per_token = validation_bytes_per_token(data, cfg.seq_len)
         self.pending: list[dict[str, Any]] = []  # steps whose loss and gradient norm are still on the device
-        self.trackers = Trackers(cfg, run, axes(cfg.model), state.step) if dist.is_main else None
+        self.trackers = Trackers(cfg, run, naming.axes(flatten(cfg.to_dict())), state.step) if dist.is_main else None
         self.signalled: int | None = None
         self.compile_checked = False
 
@@ -482,7 +483,7 @@ class Runner:
             "val_bpb": s.val_loss / math.log(2) / self.val_bytes_per_token,
             "tokens_per_s": rate, "wall_time_s": s.elapsed_s, "peak_tflops": self.peak,
             "mfu": mfu(self.flops_per_token, rate, self.peak, self.dist.world) if rates else None,
-            "axes": axes(cfg.model), "device": str(self.device), "world_size": self.dist.world,
+            "axes": naming.axes(flatten(cfg.to_dict())), "device": str(self.device), "world_size": self.dist.world,
             "precision": "bf16" if isinstance(self.autocast, torch.autocast) else "fp32",
             "loss_spikes": s.loss_spikes, "grad_spikes": s.grad_spikes, **extra,
         }
@@ -500,18 +501,6 @@ class Runner:
 
 
 # ---- the pieces ---------------------------------------------------------------------------------
-def axes(model: ModelConfig) -> dict[str, Any]:
-    """The architectural choices of a run, by name, for tables."""
-    a = model.attention
-    return {
-        "position": model.position.kind, "attention": model.attention_family, "n_kv_heads": model.n_kv_heads,
-        "norm": model.norm.kind, "placement": model.placement, "mlp": model.mlp.kind,
-        "embedding_norm": model.embedding_norm, "embedding_scale": model.embedding_scale,
-        "unit_offset": model.norm.unit_offset, "attn_softcap": a.softcap, "logit_softcap": model.logit_softcap,
-        "window": a.window, "window_pattern": a.window_pattern,
-    }
-
-
 def padded_vocab(n: int) -> int:
     return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 

@@ -3,7 +3,7 @@ it happens to be stored: an untied output head is decayed exactly as the token e
 otherwise be, so that tying an embedding changes one thing.
 
     role                            weight decay                    LR scale
-    matrix, out_projection          optim.weight_decay              1
+    matrix, out_projection          optim.weight_decay              1 (1/m under muP)
     embedding, output, position     only with optim.decay_embeddings 1
     *_norm, bias                    only with optim.decay_norms_and_biases 1
 
@@ -34,23 +34,25 @@ class Treatment:
         return decay if self.lr_scale == 1 else f"{decay}, LR x{self.lr_scale:g}"
 
 
-def treatment(role: str, optim: OptimConfig) -> Treatment:
-    """How the optimizer treats a parameter of `role` (see the module doc)."""
+def treatment(role: str, optim: OptimConfig, width_mult: float = 1.0) -> Treatment:
+    """How the optimizer treats a parameter of `role` (see the module doc); `width_mult`, the
+    model's m under muP, divides the hidden matrices' LR (Adam's update of a fan-in-wide matrix
+    moves its output by LR x fan-in; muP keeps that O(1) as the width grows)."""
     if role in TABLES:
         return Treatment(optim.weight_decay if optim.decay_embeddings else 0.0)
     if role in NORMS_AND_BIASES:
         return Treatment(optim.weight_decay if optim.decay_norms_and_biases else 0.0)
-    return Treatment(optim.weight_decay)
+    return Treatment(optim.weight_decay, 1.0 / width_mult)
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW with one parameter group per distinct treatment (decayed ones first), parameters in
     model order within a group. `fused`: one kernel for the whole update (used on CUDA; the same
     arithmetic as the default up to rounding)."""
-    roles = model.parameter_roles()
+    roles, width_mult = model.parameter_roles(), model.cfg.width_mult
     groups: dict[Treatment, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        groups.setdefault(treatment(roles[name], optim), []).append(p)
+        groups.setdefault(treatment(roles[name], optim, width_mult), []).append(p)
     order = sorted(groups, key=lambda t: (-t.weight_decay, -t.lr_scale))
     return torch.optim.AdamW([{"params": groups[t], "weight_decay": t.weight_decay, "lr_scale": t.lr_scale}
                               for t in order],

@@ -40,6 +40,8 @@ def tuning_lines(found: dict[str, Any], tuned: pd.Series) -> list[Block]:
                     **{f"val_loss @ {lr:g}": "diverged" if math.isinf(v) else f"{v:.4f}"
                        for lr, v in zip(c.lrs, c.val_loss)}} for c in choices}
     blocks.append(Frame(pd.DataFrame(rows).T))
+    if found.get("transfer"):
+        return [*blocks, *transfer_lines([tune.Transfer.from_dict(t) for t in found["transfer"]])]
     lines = []
     at_base = {c.arm: c.val_loss[c.lrs.index(base)] for c in choices if base in c.lrs}
     arms = [a for a in at_base if a in tuned.index]
@@ -59,6 +61,25 @@ def tuning_lines(found: dict[str, Any], tuned: pd.Series) -> list[Block]:
         lines.append(f"**{', '.join(edges)}: best at the edge of the grid; widen tune.lr_multipliers to find "
                      f"the optimum.**")
     return [*blocks, Text(lines)]
+
+
+def transfer_lines(transfers: list[tune.Transfer]) -> list[Block]:
+    """A muP ladder: per arm, whether the LR tuned at the smallest rung is still the best (within
+    one grid step) at the larger rung it was checked at."""
+    first = transfers[0]
+    rows = {t.arm: {f"best LR at size={t.tuned_at}": f"{t.tuned_lr:g}",
+                    f"best LR at size={t.checked_at}": f"{t.check_lr:g}"
+                    + (f" ({t.check_edge} end)" if t.check_edge else ""),
+                    "grid steps apart": t.grid_steps, "verdict": "LR transfers" if t.transfers else "does not transfer"}
+            for t in transfers}
+    failing = [t.arm for t in transfers if not t.transfers]
+    verdict = (f"**LR does not transfer for {', '.join(failing)}**: its rungs above size={first.tuned_at} ran at an "
+               "LR that is not their best; tune each rung (model.parametrization=sp tunes every rung) or widen the "
+               "check." if failing else "The LR transfers for every arm: within one grid step at the larger rung.")
+    return [Heading("Learning-rate transfer across the ladder (muP)"), Text([
+        f"Under muP the LR was tuned at the smallest rung (size={first.tuned_at}) and used at every rung; the same "
+        f"grid ran at size={first.checked_at}, with the tuning seeds, to check it.", verdict]),
+        Frame(pd.DataFrame(rows).T)]
 
 
 def plot_lr_sensitivity(found: dict[str, Any], out: Path) -> Path:
