@@ -77,6 +77,9 @@ class AttentionConfig:
     window_pattern: str = "global"  # which layers use the window: global | local | alternating
     qkv_bias: bool = False
     out_bias: bool = False
+    # QK-norm, before the rotation: null (none) | head (over each head's head_dim: Qwen 3, Gemma 3,
+    # torchtitan, Megatron) | all (over all heads' n_heads x head_dim at once: OLMo 2); model.norm's kind
+    qk_norm: str | None = None
     backend: str = operational("auto")  # auto | sdpa | eager | flex (auto picks by device and need)
 
 
@@ -88,6 +91,7 @@ def attention_family(n_heads: int, n_kv_heads: int | None) -> str:
 
 
 PARAMETRIZATIONS = ("sp", "mup")
+QK_NORMS = (None, "head", "all")
 
 
 @dataclass
@@ -100,6 +104,32 @@ class NormConfig:
     bias: bool = False
 
 
+ROUTERS = ("softmax_topk", "topk_softmax")
+BALANCES = ("aux_loss", "bias", "none")
+
+
+@dataclass
+class MoeConfig:
+    """Mixture of experts in place of the dense MLP (ablate.model.moe), with n_experts > 0: each
+    token goes to top_k routed experts (each an MLP of mlp.kind), plus any shared experts."""
+
+    n_experts: int = 0  # 0: the dense MLP
+    top_k: int = 2
+    expert_hidden_dim: int | None = None  # null: the dense MLP's hidden size (mlp.hidden_dim's rule)
+    n_shared_experts: int = 0  # experts every token passes through (Qwen2-MoE, DeepSeek), as one MLP
+    shared_hidden_dim: int | None = None  # null: n_shared_experts x expert_hidden_dim
+    shared_gate: bool = False  # the shared experts' output scaled by sigmoid(x . w) (Qwen2-MoE)
+    # softmax_topk: softmax over every expert, the k largest kept as they are (OLMoE, Qwen2-MoE);
+    # topk_softmax: softmax over the k chosen experts' logits (Mixtral; softmax_topk renormalised)
+    router: str = "softmax_topk"
+    # aux_loss: + aux_loss_weight x E x sum_i f_i P_i (Switch); bias: a per-expert bias on the
+    # scores that choose (not on the weights), moved by bias_rate after every step toward equal load
+    # (DeepSeek-V3, no auxiliary loss); none
+    balance: str = "aux_loss"
+    aux_loss_weight: float = 0.01
+    bias_rate: float = 0.001
+
+
 @dataclass
 class MlpConfig:
     """Feed-forward sublayer: `kind` names an entry of `ablate.model.mlp.MLPS`."""
@@ -107,6 +137,7 @@ class MlpConfig:
     kind: str = "swiglu"
     hidden_dim: int | None = None  # None: 4 * dim, or 2/3 of that (rounded up to 8) for gated kinds
     bias: bool = False
+    moe: MoeConfig = field(default_factory=MoeConfig)
 
 
 @dataclass
@@ -202,7 +233,24 @@ class ModelConfig:
             raise ConfigError(f("dropout"), self.dropout, "must be in [0, 1)")
         if self.mlp.hidden_dim is not None and self.mlp.hidden_dim < 1:
             raise ConfigError(f("mlp.hidden_dim"), self.mlp.hidden_dim, "must be a positive integer or null")
+        if self.mlp.moe.n_experts:
+            self._validate_moe(f)
         return self
+
+    def _validate_moe(self, f) -> None:
+        """Experts, their routing and balancing."""
+        m = self.mlp.moe
+        if not 1 <= m.top_k <= m.n_experts:
+            raise ConfigError(f("mlp.moe.top_k"), m.top_k, f"must be between 1 and n_experts={m.n_experts}")
+        for name, value, valid in (("router", m.router, ROUTERS), ("balance", m.balance, BALANCES)):
+            if value not in valid:
+                raise ConfigError(f(f"mlp.moe.{name}"), value, "unknown choice", valid=list(valid))
+        if self.mlp.bias:
+            raise ConfigError(f("mlp.bias"), True, "experts have no biases: set model.mlp.bias=false")
+        for name in ("n_experts", "n_shared_experts", "expert_hidden_dim", "shared_hidden_dim"):
+            value = getattr(m, name)
+            if value is not None and value < 0:
+                raise ConfigError(f(f"mlp.moe.{name}"), value, "must not be negative")
 
     def _validate_attention(self, f) -> None:
         """Heads, kv heads, head size, soft-caps and windows."""
@@ -217,6 +265,8 @@ class ModelConfig:
                               f"must divide dim={self.dim} unless attention.head_dim is set")
         if a.head_dim is not None and a.head_dim < 1:
             raise ConfigError(f("attention.head_dim"), a.head_dim, "must be a positive integer or null")
+        if a.qk_norm not in QK_NORMS:
+            raise ConfigError(f("attention.qk_norm"), a.qk_norm, "unknown QK-norm", valid=["null", "head", "all"])
         for name in ("attention.softcap", "logit_softcap", "attention.query_pre_attn_scalar"):
             value = _get(self, name)
             if value is not None and value <= 0:

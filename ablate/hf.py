@@ -20,6 +20,7 @@ from torch import Tensor
 from ablate.config import ModelConfig
 from ablate.model import Transformer, check_model, layer_plan
 from ablate.model.mlp import mlp_hidden_dim
+from ablate.model.moe import expert_hidden_dim, shared_hidden_dim
 from ablate.registry import ConfigError
 
 
@@ -56,6 +57,8 @@ RESOLVED: dict[str, Callable[[ModelConfig], Any]] = {
     "attention.head_dim": lambda c: c.head_dim,
     "mlp.hidden_dim": lambda c: mlp_hidden_dim(c),
     "attention.query_pre_attn_scalar": lambda c: _integral(c.attention.query_pre_attn_scalar or c.head_dim),
+    "mlp.moe.expert_hidden_dim": lambda c: expert_hidden_dim(c),
+    "mlp.moe.shared_hidden_dim": lambda c: shared_hidden_dim(c),
 }
 
 
@@ -99,7 +102,8 @@ class Family:
 
 
 _NO_EXTRAS = {"embedding_scale": False, "embedding_norm": False, "logit_softcap": None,
-              "attention.softcap": None, "attention.window": None, "attention.window_pattern": "global"}
+              "attention.softcap": None, "attention.window": None, "attention.window_pattern": "global",
+              "attention.qk_norm": None, "mlp.moe.n_experts": 0}
 _PLAIN_SCALE = lambda cfg: [] if cfg.attn_scale == cfg.head_dim**-0.5 else [
     "query_pre_attn_scalar differs from head_dim"]
 
@@ -279,7 +283,7 @@ def _gemma2_from_hf(c: Any) -> dict[str, Any]:
 GEMMA2 = Family(
     "gemma2", "gemma2", "Gemma2ForCausalLM", "Gemma2Config",
     fixed={**_ROPE_RMS, "norm.unit_offset": True, "placement": "sandwich", "mlp.kind": "geglu", "mlp.bias": False,
-           "embedding_scale": True, "embedding_norm": False},
+           "embedding_scale": True, "embedding_norm": False, "attention.qk_norm": None, "mlp.moe.n_experts": 0},
     fields=(*_LLAMA_FIELDS, ("attention.query_pre_attn_scalar", "query_pre_attn_scalar"),
             ("attention.softcap", "attn_logit_softcapping"), ("logit_softcap", "final_logit_softcapping")),
     weights=_llama_like_weights({"attn_norm": "input_layernorm", "attn_out_norm": "post_attention_layernorm",
@@ -291,7 +295,140 @@ GEMMA2 = Family(
     from_hf_extra=_gemma2_from_hf,
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, BLOOM, LLAMA, GEMMA, GEMMA2)}
+# ---- Qwen 3 and OLMo 2: QK-norm per head and across heads ------------------------------------------
+def _qk_norm_rows() -> list[WeightRow]:
+    return [*_rows("blocks.{i}.attn.q_norm", "model.layers.{i}.self_attn.q_norm", bias=False),
+            *_rows("blocks.{i}.attn.k_norm", "model.layers.{i}.self_attn.k_norm", bias=False)]
+
+
+def _qwen3_from_hf(c: Any) -> dict[str, Any]:
+    if c.use_sliding_window or any(t != "full_attention" for t in (c.layer_types or [])):
+        raise ConfigError("use_sliding_window", c.use_sliding_window, "Qwen 3's sliding layers are not supported",
+                          [False])
+    return _act_check("silu", "hidden_act")(c)
+
+
+QWEN3 = Family(
+    "qwen3", "qwen3", "Qwen3ForCausalLM", "Qwen3Config",
+    fixed={**_ROPE_RMS, "norm.unit_offset": False, "placement": "pre", "mlp.kind": "swiglu", "mlp.bias": False,
+           **_NO_EXTRAS, "attention.qk_norm": "head"},
+    fields=_LLAMA_FIELDS,
+    weights=(*_llama_like_weights(_PRE_NORMS), *_qk_norm_rows()),
+    check=_PLAIN_SCALE,
+    to_hf_extra=lambda cfg: {**_rope_to_hf(cfg), "hidden_act": "silu", "use_sliding_window": False,
+                             "layer_types": ["full_attention"] * cfg.n_layers},
+    from_hf_extra=_qwen3_from_hf,
+)
+
+
+def _whole_heads(cfg: ModelConfig) -> list[str]:
+    problems = _PLAIN_SCALE(cfg)
+    if cfg.head_dim * cfg.n_heads != cfg.dim:
+        problems.append(f"attention.head_dim is {cfg.head_dim}, needs dim / n_heads = {cfg.dim / cfg.n_heads:g}")
+    return problems
+
+
+OLMO2 = Family(
+    "olmo2", "olmo2", "Olmo2ForCausalLM", "Olmo2Config",
+    fixed={**_ROPE_RMS, "norm.unit_offset": False, "placement": "reordered", "mlp.kind": "swiglu",
+           "mlp.bias": False, **_NO_EXTRAS, "attention.qk_norm": "all"},
+    fields=tuple(f for f in _LLAMA_FIELDS if f[0] not in ("attention.head_dim", "mlp.bias")),
+    weights=(*_llama_like_weights({"attn_out_norm": "post_attention_layernorm",
+                                   "mlp_out_norm": "post_feedforward_layernorm"}), *_qk_norm_rows()),
+    check=_whole_heads,
+    to_hf_extra=lambda cfg: {**_rope_to_hf(cfg), "hidden_act": "silu"},
+    from_hf_extra=_act_check("silu", "hidden_act"),
+)
+
+# ---- Mixtral, OLMoE, Qwen2-MoE: routed experts (and a gated shared one) -----------------------------
+def _moe_weights(qk_norm: bool = False, shared: bool = False) -> tuple[WeightRow, ...]:
+    layer = "model.layers.{i}.mlp"
+    dense = [row for row in _llama_like_weights(_PRE_NORMS) if ".mlp." not in row[0]]
+    shared_rows = [*_rows("blocks.{i}.mlp.shared.w_gate", f"{layer}.shared_expert.gate_proj", bias=False),
+                   *_rows("blocks.{i}.mlp.shared.w_in", f"{layer}.shared_expert.up_proj", bias=False),
+                   *_rows("blocks.{i}.mlp.shared.w_out", f"{layer}.shared_expert.down_proj", bias=False),
+                   *_rows("blocks.{i}.mlp.shared_gate", f"{layer}.shared_expert_gate", bias=False)]
+    return (*dense, *(_qk_norm_rows() if qk_norm else []),
+            *_rows("blocks.{i}.mlp.router", f"{layer}.gate", bias=False),
+            ("blocks.{i}.mlp.w_gate_in", (f"{layer}.experts.gate_up_proj",), "same"),
+            ("blocks.{i}.mlp.w_out", (f"{layer}.experts.down_proj",), "same"),
+            *(shared_rows if shared else []))
+
+
+_MOE_FIELDS = (("vocab_size", "vocab_size"), ("dim", "hidden_size"), ("n_layers", "num_hidden_layers"),
+               ("attention.n_heads", "num_attention_heads"), ("attention.n_kv_heads", "num_key_value_heads"),
+               ("norm.eps", "rms_norm_eps"), ("max_seq_len", "max_position_embeddings"),
+               ("tie_embeddings", "tie_word_embeddings"), ("mlp.moe.top_k", "num_experts_per_tok"),
+               ("mlp.moe.aux_loss_weight", "router_aux_loss_coef"))
+_MOE_FIXED = {**_ROPE_RMS, "norm.unit_offset": False, "placement": "pre", "mlp.kind": "swiglu", "mlp.bias": False,
+              **_NO_EXTRAS, "mlp.moe.balance": "aux_loss"}
+_MOE_FIXED.pop("mlp.moe.n_experts")
+
+
+def _topk_norm_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    return {**_rope_to_hf(cfg), "hidden_act": "silu", "norm_topk_prob": cfg.mlp.moe.router == "topk_softmax"}
+
+
+def _topk_norm_from_hf(c: Any) -> dict[str, Any]:
+    return {**_act_check("silu", "hidden_act")(c),
+            "mlp.moe.router": "topk_softmax" if c.norm_topk_prob else "softmax_topk"}
+
+
+MIXTRAL = Family(
+    "mixtral", "mixtral", "MixtralForCausalLM", "MixtralConfig",
+    fixed={**_MOE_FIXED, "mlp.moe.router": "topk_softmax", "mlp.moe.n_shared_experts": 0,
+           "attention.qkv_bias": False, "attention.out_bias": False},
+    fields=(*_MOE_FIELDS, ("attention.head_dim", "head_dim"), ("mlp.moe.n_experts", "num_local_experts"),
+            ("mlp.moe.expert_hidden_dim", "intermediate_size")),
+    weights=_moe_weights(),
+    check=_PLAIN_SCALE,
+    to_hf_extra=lambda cfg: {**_rope_to_hf(cfg), "hidden_act": "silu", "sliding_window": None,
+                             "router_jitter_noise": 0.0},
+    from_hf_extra=lambda c: {**_act_check("silu", "hidden_act")(c), **(
+        {} if not c.router_jitter_noise and c.sliding_window is None else _refuse(
+            "sliding_window / router_jitter_noise", "Mixtral's sliding window and router jitter are not supported"))},
+)
+
+OLMOE = Family(
+    "olmoe", "olmoe", "OlmoeForCausalLM", "OlmoeConfig",
+    fixed={**_MOE_FIXED, "attention.qk_norm": "all", "mlp.moe.n_shared_experts": 0},
+    fields=(*_MOE_FIELDS, ("mlp.moe.n_experts", "num_experts"), ("mlp.moe.expert_hidden_dim", "intermediate_size"),
+            ("attention.qkv_bias", "attention_bias"), ("attention.out_bias", "attention_bias")),
+    weights=_moe_weights(qk_norm=True),
+    check=_whole_heads,
+    to_hf_extra=lambda cfg: {**_topk_norm_to_hf(cfg), "clip_qkv": None},
+    from_hf_extra=lambda c: {**_topk_norm_from_hf(c), **(
+        {} if c.clip_qkv is None else _refuse("clip_qkv", "OLMoE's clipping of q, k and v is not supported"))},
+)
+
+
+def _qwen2_moe_from_hf(c: Any) -> dict[str, Any]:
+    if c.use_sliding_window or c.decoder_sparse_step != 1 or c.mlp_only_layers:
+        _refuse("decoder_sparse_step / mlp_only_layers / use_sliding_window",
+                "only every layer sparse, without a sliding window, is supported")
+    return _topk_norm_from_hf(c)
+
+
+QWEN2MOE = Family(
+    "qwen2_moe", "qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2MoeConfig",
+    fixed={**_MOE_FIXED, "mlp.moe.n_shared_experts": 1, "mlp.moe.shared_gate": True, "attention.out_bias": False},
+    fields=(*_MOE_FIELDS, ("mlp.moe.n_experts", "num_experts"), ("mlp.moe.expert_hidden_dim", "moe_intermediate_size"),
+            ("mlp.moe.shared_hidden_dim", "shared_expert_intermediate_size"), ("attention.qkv_bias", "qkv_bias")),
+    weights=_moe_weights(shared=True),
+    check=_whole_heads,
+    to_hf_extra=lambda cfg: {**_topk_norm_to_hf(cfg), "use_sliding_window": False, "decoder_sparse_step": 1,
+                             "mlp_only_layers": [], "intermediate_size": expert_hidden_dim(cfg),
+                             "layer_types": ["full_attention"] * cfg.n_layers},
+    from_hf_extra=_qwen2_moe_from_hf,
+)
+
+
+def _refuse(attribute: str, why: str) -> dict[str, Any]:
+    raise ConfigError(attribute, "set", why)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, BLOOM, LLAMA, GEMMA, GEMMA2, QWEN3, OLMO2, MIXTRAL, OLMOE,
+                                                   QWEN2MOE)}
 
 
 # ---- public API ---------------------------------------------------------------------------------

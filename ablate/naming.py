@@ -47,7 +47,9 @@ def choice(key: str, value: Any, cfg: Mapping[str, Any] | None = None) -> str:
         return attention_family(cfg["model.attention.n_heads"], value)
     if last in ("kind", "placement") and isinstance(value, str):
         return value
-    if isinstance(value, bool):
+    if key.endswith("moe.n_experts") and isinstance(value, int):
+        return f"moe{value}" if value else "dense"
+    if isinstance(value, bool) or value is None:  # a flag, or a feature that is off (qk_norm: null)
         return last if value else f"no {last}"
     if last == "seed":  # -s<seed> names the run's seed; data.seed=1 names the data order's
         last = key.replace(".", "_")
@@ -86,8 +88,8 @@ def run_name(choices: Mapping[str, Any], overrides: list[str], seed: int) -> str
 
 
 def _yaml_flag(value: str) -> Any:
-    """A command-line value as YAML reads a flag (true, False); anything else stays text."""
-    return {"true": True, "false": False}.get(value.lower(), value)
+    """A command-line value as YAML reads a flag (true, False) or nothing (null); else text."""
+    return {"true": True, "false": False, "null": None}.get(value.lower(), value)
 
 
 def _fit(head: list[str], tail: list[str]) -> str:

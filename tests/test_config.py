@@ -12,7 +12,7 @@ from ablate.model import Transformer, model_facts
 from ablate.registry import ConfigError
 
 PRESET_FAMILY = {"default": "llama", "gpt2": "gpt2", "bloom": "bloom", "llama2": "llama", "gemma": "gemma",
-                 "gemma2": "gemma2"}
+                 "gemma2": "gemma2", "qwen3": "qwen3", "olmo2": "olmo2"}
 
 
 @pytest.mark.parametrize("preset", PRESET_FAMILY)
@@ -49,7 +49,7 @@ def test_groups_override_one_axis_of_a_preset():
     (["model.attention.window_pattern=alternating"], "model.attention.window=None", "needs a window size"),
     (["model.attention.window_pattern=stripes", "model.attention.window=4"], "model.attention.window_pattern",
      "valid: global, local, alternating"),
-    (["model.placement=middle"], "model.placement='middle'", "valid: pre, post, sandwich, mix"),
+    (["model.placement=middle"], "model.placement='middle'", "valid: pre, post, sandwich, reordered, mix"),
     (["model.mlp.kind=reglu"], "model.mlp.kind='reglu'", "valid: relu, gelu, gelu_tanh, geglu, swiglu"),
     (["model.norm.kind=batchnorm"], "model.norm.kind='batchnorm'", "valid: layernorm, rmsnorm"),
     (["model.dim=250", "model.attention.n_heads=3"], "model.attention.n_heads=3", "must divide dim=250"),

@@ -46,13 +46,33 @@ def reference(family: str, **overrides) -> transformers.PreTrainedModel:
                                                     query_pre_attn_scalar=20, sliding_window=8,
                                                     max_position_embeddings=64, attn_implementation="eager",
                                                     **common),
+        "qwen3": lambda: transformers.Qwen3Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                                  max_position_embeddings=64, **common),
+        "mixtral": lambda: transformers.MixtralConfig(hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+                                                      num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                                      num_local_experts=5, num_experts_per_tok=2,
+                                                      max_position_embeddings=64, **common),
+        "olmoe": lambda: transformers.OlmoeConfig(hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2, num_experts=6,
+                                                  num_experts_per_tok=3, max_position_embeddings=64, **common),
+        "qwen2_moe": lambda: transformers.Qwen2MoeConfig(hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+                                                         num_attention_heads=4, num_key_value_heads=2,
+                                                         moe_intermediate_size=24, shared_expert_intermediate_size=56,
+                                                         num_experts=4, num_experts_per_tok=2,
+                                                         max_position_embeddings=64, **common),
+        "olmo2": lambda: transformers.Olmo2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2,
+                                                  max_position_embeddings=64, **common),
     }
     cfg = configs[family]()
     for k, v in overrides.items():
         setattr(cfg, k, v)
     cls = {"gpt2": transformers.GPT2LMHeadModel, "bloom": transformers.BloomForCausalLM,
            "llama": transformers.LlamaForCausalLM, "gemma": transformers.GemmaForCausalLM,
-           "gemma2": transformers.Gemma2ForCausalLM}[family]
+           "gemma2": transformers.Gemma2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
+           "olmo2": transformers.Olmo2ForCausalLM, "mixtral": transformers.MixtralForCausalLM,
+           "olmoe": transformers.OlmoeForCausalLM, "qwen2_moe": transformers.Qwen2MoeForCausalLM}[family]
     return randomize_(cls(cfg), unit_offset=family.startswith("gemma")).eval()
 
 
@@ -68,6 +88,16 @@ CASES = [
     ("gemma2", {}),  # alternating 8-token windows on 24 tokens, soft-caps 50 / 30
     ("gemma2", {"attn_logit_softcapping": None, "final_logit_softcapping": None,
                 "layer_types": ["sliding_attention"] * 3}),
+    ("qwen3", {}),  # QK-norm per head (over head_dim), GQA, head_dim independent of hidden size
+    ("qwen3", {"num_key_value_heads": 1, "attention_bias": True, "tie_word_embeddings": True}),
+    ("olmo2", {}),  # QK-norm across heads (over n_heads x head_dim; keys over n_kv_heads x head_dim), reordered norm
+    ("olmo2", {"num_key_value_heads": 4, "attention_bias": True, "tie_word_embeddings": True}),
+    ("mixtral", {}),  # 5 experts, top 2, renormalised (topk_softmax)
+    ("mixtral", {"num_experts_per_tok": 1, "tie_word_embeddings": True}),
+    ("olmoe", {}),  # 6 experts, top 3, not renormalised (softmax_topk), QK-norm across heads
+    ("olmoe", {"norm_topk_prob": True, "attention_bias": True}),
+    ("qwen2_moe", {}),  # 4 experts, top 2, a gated shared expert, qkv biases
+    ("qwen2_moe", {"norm_topk_prob": True, "qkv_bias": False, "num_key_value_heads": 1}),
 ]
 
 

@@ -46,9 +46,18 @@ VARIANTS = {
     "gemma2: soft-caps, windows, unit offset, embedding scale": ["model=gemma2", "model.attention.head_dim=16",
                                                                  "model.attention.window=16"],
     "bloom untied: embedding norm, biases": ["model=bloom", "model.tie_embeddings=false"],
+    "qk-norm per head: reordered norm, muP": ["model.attention.qk_norm=head", "model/placement=reordered",
+                                             "model.parametrization=mup", "model.mup_base_dim=32"],
+    "qk-norm across heads: gqa": ["model.attention.qk_norm=all", "model/attention=gqa"],
+    "moe aux loss: renormalised top 2 of 4": ["model/mlp=moe", "model.mlp.moe.n_experts=4",
+                                                    "model.mlp.moe.router=topk_softmax"],
+    "moe bias balancer: gated shared expert": ["model/mlp=moe", "model.mlp.moe.n_experts=4",
+                                                    "model.mlp.moe.balance=bias", "model.mlp.moe.bias_rate=0.01",
+                                                    "model.mlp.moe.n_shared_experts=1",
+                                                    "model.mlp.moe.shared_gate=true"],
 }
 # Measured with `--measure` on an AMD EPYC with avx512_bf16 (torch 2.13.0): the largest relative
-# deviation of any step's loss from the recorded trace, over the five variants, is
+# deviation of any step's loss from the recorded trace, over the first five variants, is
 #   - 1.1e-7 with 1 or 4 threads, 2.0e-7 with the AVX2 kernels of ATen, oneDNN and MKL (as on a CPU
 #     without AVX-512), with 1 or 2 threads: about one fp32 rounding of the loss;
 #   - 1.3e-3 to 3.0e-3 for the learning rate x 1.01, 2.9e-4 to 6.1e-4 for the init std x 1.01.

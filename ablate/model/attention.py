@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,12 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ablate.model.init import init_linear
+from ablate.model.norm import build_norm
 from ablate.registry import Registry
+
+if TYPE_CHECKING:
+    from ablate.config import ModelConfig
+    from ablate.model.plan import LayerPlan
 
 WINDOW_PATTERNS: Registry[Callable[[int], bool]] = Registry("window pattern")
 WINDOW_PATTERNS.add("global", lambda layer: False)
@@ -238,18 +243,25 @@ class Step:
 # ---- the module -------------------------------------------------------------------------------
 class Attention(nn.Module):
     """wqkv projects to [q heads | k heads | v heads] in one matmul; wo maps heads back to dim.
-    `positions`: whether the position scheme's rotation and score bias act in this layer."""
+    The layer's window and whether the position scheme's rotation and score bias act in it come
+    from its plan. QK-norm (`attention.qk_norm`) normalises queries and keys before the rotation:
+    `head` over each head's head_dim (Qwen 3, Gemma 3), `all` over all heads' n_heads x head_dim at
+    once (OLMo 2), with the norm kind of model.norm."""
 
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
-                 softcap: float | None = None, window: int | None = None, qkv_bias: bool = False,
-                 out_bias: bool = False, dropout: float = 0.0, layer: int = 0, positions: bool = True,
-                 init_std: float = 0.02, n_layers: int = 1) -> None:
+    def __init__(self, cfg: ModelConfig, plan: LayerPlan) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.scale, self.softcap, self.window, self.dropout, self.layer = scale, softcap, window, dropout, layer
-        self.positions, self.init_std, self.n_layers = positions, init_std, n_layers
-        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=qkv_bias)
-        self.wo = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
+        a = cfg.attention
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale, self.softcap, self.window, self.dropout = cfg.attn_scale, a.softcap, plan.window, cfg.dropout
+        self.layer, self.positions = plan.index, plan.positions
+        self.init_std, self.n_layers = cfg.matrix_std, cfg.n_layers
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        self.wqkv = nn.Linear(cfg.dim, (H + 2 * Hkv) * hd, bias=a.qkv_bias)
+        self.wo = nn.Linear(H * hd, cfg.dim, bias=a.out_bias)
+        self.qk_norm = a.qk_norm
+        q_size, k_size = (hd, hd) if a.qk_norm == "head" else (H * hd, Hkv * hd)
+        self.q_norm = build_norm(cfg.norm, q_size) if a.qk_norm else None
+        self.k_norm = build_norm(cfg.norm, k_size) if a.qk_norm else None
 
     def init_weights(self) -> None:
         """Normal(0, init_std); the output projection scaled by 1/sqrt(2 n_layers) (GPT-2); zero biases."""
@@ -260,26 +272,31 @@ class Attention(nn.Module):
     def max_logit(self, x: Tensor, step: Step) -> float:
         """The largest |q.k x scale| over the pairs this layer attends (before any position bias
         and soft-cap): the attention-logit growth that precedes a loss spike. Not for a cache."""
-        B, T, _ = x.shape
-        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, _ = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)  # (B, T, H*hd), (B, T, Hkv*hd)
-        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        if self.positions:
-            q, k = step.rotate(q, k, step.pos)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        q, k, _ = self.heads(x, step)  # (B, H, T, hd), (B, Hkv, T, hd)
         k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, T, hd): each kv head beside its query heads
         scores = (q.float() @ k.float().transpose(-1, -2)).abs() * self.scale  # (B, H, T, T)
         return float(scores.masked_fill(~visible(step.pos, step.pos, self.window), 0.0).max())
 
-    def forward(self, x: Tensor, step: Step) -> Tensor:
-        B, T, _ = x.shape  # x: (B, T, dim)
+    def heads(self, x: Tensor, step: Step) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, T, dim) -> q (B, H, T, hd), k and v (B, Hkv, T, hd): projected, QK-normed, rotated."""
+        B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wqkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)  # (B, T, H*hd), (B, T, Hkv*hd) x 2
-        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        if self.qk_norm == "all":  # over every head at once
+            q, k = self.q_norm(q), self.k_norm(k)  # shapes kept
+        q, k, v = q.view(B, T, H, hd), k.view(B, T, Hkv, hd), v.view(B, T, Hkv, hd)
+        if self.qk_norm == "head":  # over each head's own hd
+            q, k = self.q_norm(q), self.k_norm(k)  # shapes kept
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd), (B, Hkv, T, hd) x 2
         if self.positions:
             q, k = step.rotate(q, k, step.pos)  # shapes kept
+        return q, k, v
+
+    def forward(self, x: Tensor, step: Step) -> Tensor:
+        B, T, _ = x.shape  # x: (B, T, dim)
+        q, k, v = self.heads(x, step)  # (B, H, T, hd), (B, Hkv, T, hd) x 2
+        H, hd = self.n_heads, self.head_dim
         if step.cache is not None:
             k, v = step.cache.update(self.layer, k, v)  # (B, Hkv, Tk, hd), Tk = cached + T
         y = step.backend.attend(q, k, v, step.plans[self.window, self.positions], self.scale, self.softcap,

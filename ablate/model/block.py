@@ -3,6 +3,7 @@
     pre       x = x + f(norm(x))                 GPT-2, Llama, Gemma; a final norm after the last block
     post      x = norm(x + f(x))                 the original Transformer, BERT; no final norm
     sandwich  x = x + norm_out(f(norm_in(x)))    Gemma 2; a final norm after the last block
+    reordered x = x + norm(f(x))                 OLMo 2 (Swin v2's res-post-norm); a final norm
     mix       post in the first quarter of the layers, pre in the rest (Mix-LN, Li et al. 2024)
 
 A placement may differ by depth (`for_layer`); the model has a final norm when its last layer's
@@ -19,6 +20,9 @@ the stream about what it adds under pre-norm; tests/test_model.py measures it):
               branch would add RMS 1 to an embedding of RMS init_std and drown it (its share of the
               final state 0.008 against pre's 0.45); started at that scale, the stream's RMS follows
               pre-norm's at every depth
+    reordered as sandwich: the output norms start at init_std / sqrt(2 n_layers); a branch reads
+              the unnormalised stream (RMS about init_std), so its output is below the norm's eps
+              at init and adds less than pre-norm's: the stream starts out growing more slowly
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import Tensor, nn
 from ablate.config import ModelConfig
 from ablate.model.attention import Attention, Step
 from ablate.model.mlp import Mlp, mlp_hidden_dim
+from ablate.model.moe import Moe
 from ablate.model.norm import build_norm
 from ablate.registry import Registry
 
@@ -49,6 +54,7 @@ class Placement:
     norm_out: bool  # a norm on its output (post: on the residual sum)
     final_norm: bool  # a norm after the last block, when this is the last block's placement
     apply: Callable[[Tensor, Sublayer, MaybeNorm, MaybeNorm], Tensor]
+    out_on_stream: bool = False  # the output norm normalises the residual sum (post), not the branch
 
     def for_layer(self, layer: int, n_layers: int) -> Placement:
         """The placement of layer `layer` of `n_layers`: the same in every layer."""
@@ -56,8 +62,9 @@ class Placement:
 
 
 PRE = Placement(True, False, True, lambda x, f, n_in, n_out: x + f(n_in(x)))
-POST = Placement(False, True, False, lambda x, f, n_in, n_out: n_out(x + f(x)))
+POST = Placement(False, True, False, lambda x, f, n_in, n_out: n_out(x + f(x)), out_on_stream=True)
 SANDWICH = Placement(True, True, True, lambda x, f, n_in, n_out: x + n_out(f(n_in(x))))
+REORDERED = Placement(False, True, True, lambda x, f, n_in, n_out: x + n_out(f(x)))  # OLMo 2
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ PLACEMENTS: Registry[Placement | ByDepth] = Registry("norm placement")
 PLACEMENTS.add("pre", PRE)
 PLACEMENTS.add("post", POST)
 PLACEMENTS.add("sandwich", SANDWICH)
+PLACEMENTS.add("reordered", REORDERED)
 PLACEMENTS.add("mix", ByDepth(early=POST, late=PRE, fraction=0.25))
 
 
@@ -85,14 +93,12 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, plan: LayerPlan) -> None:
         super().__init__()
         self.placement = plan.placement
-        a = cfg.attention
-        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attn_scale, a.softcap,
-                              plan.window, a.qkv_bias, a.out_bias, cfg.dropout, plan.index, plan.positions,
-                              cfg.matrix_std, cfg.n_layers)
-        self.mlp = Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind, cfg.mlp.bias, cfg.matrix_std, cfg.n_layers)
+        self.attn = Attention(cfg, plan)
+        self.mlp = Moe(cfg) if cfg.mlp.moe.n_experts else Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind,
+                                                              cfg.mlp.bias, cfg.matrix_std, cfg.n_layers)
         p = self.placement
         # a norm on a branch's output (sandwich) starts at a pre-norm branch's scale; on the stream, at 1
-        out_scale = cfg.init_std / math.sqrt(2 * cfg.n_layers) if p.norm_in else 1.0
+        out_scale = 1.0 if p.out_on_stream else cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.attn_norm = build_norm(cfg.norm, cfg.dim) if p.norm_in else None
         self.attn_out_norm = build_norm(cfg.norm, cfg.dim, out_scale) if p.norm_out else None
         self.mlp_norm = build_norm(cfg.norm, cfg.dim) if p.norm_in else None

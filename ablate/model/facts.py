@@ -12,10 +12,14 @@ Conventions, stated once:
   at `seq_len`: (S + 1) / 2 for causal global layers, fewer under a sliding window (each layer's
   window from the layer plan). Norms, softmax and activations are not counted.
 - KV-cache bytes per token: keys and values of every layer, n_kv_heads x head_dim each, at `dtype`.
+- mixture of experts: a token passes through the router, its top_k routed experts and any shared
+  ones; FLOPs count those, and the active parameters are all parameters less the routed experts a
+  token skips ((n_experts - top_k) x an expert's, per layer). Dense models: active = all.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import torch
@@ -34,25 +38,42 @@ class ModelFacts:
     kv_bytes_per_token: int  # at dtype
     seq_len: int
     dtype: str
+    active_params: int = 0  # what one token passes through: params less the routed experts it skips
+    active_non_embedding_params: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def model_facts(cfg: ModelConfig, seq_len: int | None = None, dtype: torch.dtype = torch.bfloat16) -> ModelFacts:
-    """Parameters, training FLOPs per token and KV-cache bytes per token of `cfg` (see module doc)."""
-    seq_len = seq_len or cfg.max_seq_len
+    """Parameters, training FLOPs per token and KV-cache bytes per token of `cfg` (see module doc);
+    remembered per distinct config (a plan asks again for every job of an arm)."""
+    key = (json.dumps(asdict(cfg), sort_keys=True, default=str), seq_len or cfg.max_seq_len, str(dtype))
+    if key not in _KNOWN:
+        _KNOWN[key] = _measure(cfg, seq_len or cfg.max_seq_len, dtype)
+    return _KNOWN[key]
+
+
+_KNOWN: dict[tuple[str, int, str], ModelFacts] = {}
+
+
+def _measure(cfg: ModelConfig, seq_len: int, dtype: torch.dtype) -> ModelFacts:
     with torch.device("meta"):
         model = Transformer(cfg)
     params = model.num_parameters()
     embedding = sum(p.numel() for p in model.embedding_parameters())
     matmul = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
+    skipped = 0  # routed experts' parameters a token does not pass through
+    for moe in model.experts():
+        per_expert = moe.w_gate_in[0].numel() + moe.w_out[0].numel()
+        matmul += moe.top_k * per_expert  # a token's routed experts (the router is an nn.Linear)
+        skipped += (moe.n_experts - moe.top_k) * per_expert
     head = cfg.vocab_size * cfg.dim
     keys_seen = sum(_mean_keys(seq_len, layer.window) for layer in model.plan)
     forward = 2 * (matmul + head) + 4 * cfg.n_heads * cfg.head_dim * keys_seen
     kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * torch.finfo(dtype).bits // 8
     return ModelFacts(params, embedding, params - embedding, 3.0 * forward, kv_bytes, seq_len,
-                      str(dtype).removeprefix("torch."))
+                      str(dtype).removeprefix("torch."), params - skipped, params - embedding - skipped)
 
 
 def _mean_keys(seq_len: int, window: int | None) -> float:

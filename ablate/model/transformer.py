@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,6 +68,17 @@ class Transformer(nn.Module):
             if module is not self and hasattr(module, "init_weights"):
                 module.init_weights()
 
+    def experts(self) -> list[Any]:
+        """The blocks' mixture-of-experts layers (none for a dense model)."""
+        from ablate.model.moe import Moe
+
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, Moe)]
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The last forward's balancing loss, weighted, summed over layers (balance=aux_loss), else None."""
+        losses = [m.aux_loss for m in self.experts() if m.balance == "aux_loss" and m.aux_loss is not None]
+        return self.cfg.mlp.moe.aux_loss_weight * sum(losses) if losses else None
+
     def parameter_roles(self) -> dict[str, str]:
         """Parameter name -> what it does, for treating alike what does alike (the optimizer's
         decay, the fairness checks): embedding (token table; tied, it is the output matrix too),
@@ -83,16 +96,18 @@ class Transformer(nn.Module):
                 for name, _ in norm.named_parameters(prefix=prefix):
                     roles[name] = "input_norm" if prefix == "embed_norm" else "final_norm"
         for i, block in enumerate(self.blocks):
-            out_norm = "stream_norm" if not block.placement.norm_in else "branch_norm"
+            out_norm = "stream_norm" if block.placement.out_on_stream else "branch_norm"
             for name, _ in block.named_parameters(prefix=f"blocks.{i}"):
                 part = name.split(".")[2]
                 if part in ("attn_norm", "mlp_norm"):
                     roles[name] = "input_norm"
+                elif ".q_norm." in name or ".k_norm." in name:
+                    roles[name] = "qk_norm"
                 elif part in ("attn_out_norm", "mlp_out_norm"):
                     roles[name] = out_norm
                 elif name.endswith(".bias"):
                     roles[name] = "bias"
-                elif name.endswith(("wo.weight", "w_out.weight")):
+                elif name.endswith(("wo.weight", "w_out.weight", "mlp.w_out")):
                     roles[name] = "out_projection"
                 else:
                     roles[name] = "matrix"

@@ -238,25 +238,42 @@ def _config_differences(arms: Sequence[Arm], axes: Sequence[str], result: Fairne
 
 def _parameters(arms: Sequence[Arm], facts: dict[str, Any], axes: Sequence[str], tolerance: float,
                 result: Fairness, where: str = "") -> None:
-    counts = [facts[a.name].non_embedding_params for a in arms]
+    if any(a.config.model.mlp.moe.n_experts for a in arms):  # experts: compared by what a token uses
+        _experts(arms, facts, where, result)
+        counts = [facts[a.name].active_non_embedding_params for a in arms]
+        what = "active non-embedding parameters"
+        listing = _values(arms, lambda a: f"{facts[a.name].active_non_embedding_params / 1e6:.3f}M")
+    else:
+        counts = [facts[a.name].non_embedding_params for a in arms]
+        what = "non-embedding parameters"
+        listing = _values(arms, lambda a: f"{facts[a.name].non_embedding_params / 1e6:.3f}M")
     spread = (max(counts) - min(counts)) / max(counts)
-    listing = _values(arms, lambda a: f"{facts[a.name].non_embedding_params / 1e6:.3f}M")
     sized = "params" in axes or any(a in SIZE_FIELDS or _covered(a, SIZE_FIELDS[1:]) for a in axes)
     if spread <= tolerance:
         how = " (model.match_mha_params=true)" if any(a.config.model.match_mha_params for a in arms) else ""
-        result.notes.append(f"{where}matched: non-embedding parameters within {spread:.1%}{how}: {listing}")
+        result.notes.append(f"{where}matched: {what} within {spread:.1%}{how}: {listing}")
     elif sized:
-        result.notes.append(f"{where}differs by design: non-embedding parameters ({spread:.1%}): {listing}")
+        result.notes.append(f"{where}differs by design: {what} ({spread:.1%}): {listing}")
     else:
         hint = ("; model.match_mha_params=true matches them" if any(_covered("model.attention.n_kv_heads", [a])
                                                                     for a in axes) else "")
-        result.confounds.append(f"confound: {where}non-embedding parameters differ by {spread:.1%} "
+        result.confounds.append(f"confound: {where}{what} differ by {spread:.1%} "
                                 f"(over fairness.param_tolerance={tolerance:g}): {listing}{hint}")
     for key, label in (("flops_per_token", "FLOPs/token"), ("kv_bytes_per_token", "KV bytes/token")):
         values = [getattr(facts[a.name], key) for a in arms]
         if (max(values) - min(values)) / max(values) > 0.005:
             result.notes.append(f"{where}differs by design: {label}: "
                                 f"{_values(arms, lambda a, k=key: f'{getattr(facts[a.name], k):.3g}')}")
+
+
+def _experts(arms: Sequence[Arm], facts: dict[str, Any], where: str, result: Fairness) -> None:
+    """Mixture of experts against dense (or other experts): the arms are compared at their active
+    parameters; their total parameters differ by design, and are said."""
+    totals = [facts[a.name].non_embedding_params for a in arms]
+    if max(totals) != min(totals):
+        listing = _values(arms, lambda a: f"{facts[a.name].non_embedding_params / 1e6:.3f}M")
+        result.notes.append(f"{where}differs by design: total non-embedding parameters (with the routed experts a "
+                            f"token does not use): {listing}")
 
 
 def _roles(arm: Arm) -> tuple[Any, dict[str, str]]:

@@ -14,6 +14,7 @@ from ablate.cli import command, compose_model, key_values
 from ablate.config import ModelConfig
 from ablate.model.facts import model_facts, training_memory
 from ablate.model.mlp import mlp_hidden_dim
+from ablate.model.moe import expert_hidden_dim
 from ablate.registry import ConfigError
 
 MEMORY_ARGS = ("micro_batch", "seq_len", "gpus")
@@ -31,7 +32,10 @@ def describe(cfg: ModelConfig, micro_batch: int = 8, seq_len: int | None = None,
         + (f", soft-cap {a.softcap:g}" if a.softcap else ""),
         f"norm        {cfg.norm.kind} ({cfg.placement})" + (", unit offset" if cfg.norm.unit_offset else "")
         + (", embedding norm" if cfg.embedding_norm else ""),
-        f"mlp         {cfg.mlp.kind}, hidden {mlp_hidden_dim(cfg)}",
+        f"mlp         {cfg.mlp.kind}, hidden {mlp_hidden_dim(cfg)}" if not cfg.mlp.moe.n_experts else
+        f"mlp         {cfg.mlp.moe.n_experts} experts ({cfg.mlp.kind}, hidden {expert_hidden_dim(cfg)}), top "
+        f"{cfg.mlp.moe.top_k} ({cfg.mlp.moe.router}), {cfg.mlp.moe.n_shared_experts} shared, balance "
+        f"{cfg.mlp.moe.balance}",
         f"embedding   {'tied' if cfg.tie_embeddings else 'untied'}" + (", scaled by sqrt(dim)" if cfg.embedding_scale
                                                                        else "")
         + (f", logit soft-cap {cfg.logit_softcap:g}" if cfg.logit_softcap else ""),
@@ -42,7 +46,9 @@ def describe(cfg: ModelConfig, micro_batch: int = 8, seq_len: int | None = None,
     ]
     f = model_facts(cfg)
     lines += [
-        f"parameters  {f.params:,} ({f.non_embedding_params:,} non-embedding, {f.embedding_params:,} embedding)",
+        f"parameters  {f.params:,} ({f.non_embedding_params:,} non-embedding, {f.embedding_params:,} embedding)"
+        + (f"; active per token {f.active_params:,} ({f.active_non_embedding_params:,} non-embedding)"
+           if f.active_params != f.params else ""),
         f"FLOPs/token {f.flops_per_token:.4g} (training, at {f.seq_len} tokens)",
         f"KV cache    {f.kv_bytes_per_token:,} bytes/token ({f.dtype})",
     ]

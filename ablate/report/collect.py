@@ -22,7 +22,9 @@ COST = {"non_embedding_params": "params (non-emb.)", "flops_per_token": "FLOPs/t
         "tokens_per_s": "tokens/s", "mfu": "MFU", "wall_time_s": "wall time (s)",
         "live_eval_share": "eval during training (share of time)"}
 # recorded per run, shown per variant, never tested (a count of rare events is no metric to rank by)
-STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "max_attn_logit": "max attn logit"}
+STABILITY = {"loss_spikes": "loss spikes", "grad_spikes": "grad-norm spikes", "max_attn_logit": "max attn logit",
+             "router_load_entropy": "expert load entropy", "router_aux_loss": "balancing loss",
+             "router_dropped_tokens": "dropped tokens"}
 
 
 class Items(NamedTuple):
@@ -129,6 +131,7 @@ def _run_rows(found: Collection, run: Any, cfg: dict[str, Any], who: Any) -> lis
     summary = run.summary() or {"status": "never started" if run.status() == "new" else run.status()}
     base = {"run": run.name, "status": summary.get("status", "unknown"), "seed": cfg.get("seed", 0),
             "data_seed": cfg.get("data.seed", 0), **who(cfg)}
+    summary = {**summary, **{f"router_{k}": v for k, v in summary.get("router", {}).items()}}  # experts
     rows = [{**base, "task": "train", "metric": key, "value": _num(summary[key]), "stderr": math.nan}
             for key in ("val_loss", "val_ppl", "val_bpb", "train_loss", "tokens_seen", *COST, *STABILITY)
             if key in summary]

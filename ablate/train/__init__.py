@@ -227,6 +227,7 @@ class Runner:
         self.cfg, self.rundir, self.dist, self.data, self.state = cfg, run, dist, data, state
         self.attempts = list(attempts)
         self.model, self.net, self.opt, self.device, self.autocast = model, net, opt, device, autocast
+        self.router: dict[str, float] = {}  # mixture of experts: the last step's load entropy and balancing loss
         self.batches = Batches(data.train, cfg.seq_len, cfg.data.seed)
         self.batch_seqs = cfg.train.batch_tokens // cfg.seq_len
         self.total_steps = cfg.train.tokens // cfg.train.batch_tokens
@@ -349,18 +350,42 @@ class Runner:
                     vocab = self.data.vocab_size
                     kd = distillation_loss(logits[..., :vocab], self.teacher(x)[..., :vocab], d.temperature, d.top_k)
                     kd_sum += kd.detach()
-            (objective(loss, kd, d.weight) / len(micro)).backward()
+                aux = self.model.auxiliary_loss()  # mixture of experts: the weighted balancing loss
+            total = objective(loss, kd, d.weight) + (aux if aux is not None else 0.0)
+            (total / len(micro)).backward()
             loss_sum += loss.detach()
+            if aux is not None:  # per layer, unweighted: 1 when balanced
+                self.router["aux_loss"] = float(aux.detach()) / cfg.model.mlp.moe.aux_loss_weight / cfg.model.n_layers
         loss = loss_sum / len(micro)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = full(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
         step_unless_not_finite(self.opt, finite if kd_sum is None else finite & torch.isfinite(kd_sum))
         self.opt.zero_grad(set_to_none=True)
+        self.after_routing()
         s = self.state
         s.step, s.tokens = step + 1, s.tokens + cfg.train.batch_tokens
-        record = {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        record = {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  **{f"router_{k}": v for k, v in self.router.items()}}
         return record if kd_sum is None else {**record, "distill_loss": kd_sum / len(micro)}
+
+    def after_routing(self) -> None:
+        """Mixture of experts, after an optimizer step: each layer's load over the step, summed over
+        processes; the experts' load entropy (1: balanced) for the log; balance=bias moves the
+        choosing biases toward equal load."""
+        layers = self.model.experts()
+        if not layers:
+            return
+        from ablate.model.moe import load_entropy
+
+        entropies = []
+        for layer in layers:
+            load = self.dist.mean(layer.load.to(self.device)) * self.dist.world
+            entropies.append(load_entropy(load.cpu()))
+            if layer.choice_bias is not None:
+                layer.update_bias(self.cfg.model.mlp.moe.bias_rate, load)
+            layer.load = torch.zeros_like(layer.load)
+        self.router["load_entropy"] = sum(entropies) / len(entropies)
 
     def read(self, since: float) -> list[dict[str, Any]]:
         """The pending steps' records with their numbers read from the device (the loss averaged over
@@ -495,6 +520,8 @@ class Runner:
             summary["teacher_flops_per_token"] = self.teacher.info.forward_flops_per_token
         if self.attempts:
             summary["attempts"] = self.attempts
+        if self.router:  # mixture of experts: the last step's routing (no capacity: nothing dropped)
+            summary["router"] = {**self.router, "dropped_tokens": 0}
         if self.dist.is_main:
             self.rundir.write_summary(summary)
         return summary

@@ -21,7 +21,7 @@ from torch import nn
 from ablate.config import OptimConfig, RunConfig
 
 TABLES = ("embedding", "output", "position")
-NORMS_AND_BIASES = ("input_norm", "stream_norm", "branch_norm", "final_norm", "bias")
+NORMS_AND_BIASES = ("input_norm", "stream_norm", "branch_norm", "qk_norm", "final_norm", "bias")
 
 
 @dataclass(frozen=True)

@@ -26,4 +26,9 @@ class Stability(Section):
                      f"A loss spike: a step whose loss exceeds {stats.LOSS_SPIKE:g}x the median of the "
                      f"{stats.SPIKE_WINDOW} steps before it; a grad-norm spike: {stats.GRAD_SPIKE:g}x. "
                      "Max attn logit: the largest |q.k| x scale (before position bias and soft-cap) on the "
-                     "first validation batch of the final model."])])
+                     "first validation batch of the final model."]
+                     + (["Mixture of experts, at the last step: expert load entropy, the entropy of the experts' "
+                         "share of assignments over log(n_experts) (1: balanced, 0: one expert takes all), the "
+                         "mean over layers; balancing loss, Switch's n_experts x sum f_i P_i per layer (1 when "
+                         "balanced; recorded under balance=aux_loss); dropped tokens: 0, as no capacity limits an "
+                         "expert."] if any(c.label == "expert load entropy" for c in stable) else []))])
