@@ -67,6 +67,11 @@ def test_readme_command_composes(command, tmp_path, request):
         key_values(args, export.ARGUMENTS)
     elif name == "ablate-model":
         run_cli("ablate.plan.model", *args)
+    elif name == "ablate-coord-check":
+        from ablate.plan import coord_check
+
+        _, overrides = coord_check.arguments(args)
+        for_train(RunConfig.from_dict(compose_root(overrides)))
     elif name == "ablate-tokenizers":
         from omegaconf import OmegaConf
 

@@ -184,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     return command(__doc__, argv, _run, needs_args=False)
 
 
-def _run(argv: list[str]) -> int:
-    from ablate.files import write_text
+def arguments(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The command's own settings (DEFAULTS, then key=value for the keys in OWN) and the rest, the
+    Hydra overrides; ConfigError when a number is not one."""
     from ablate.registry import ConfigError
 
-    own = {**DEFAULTS}
-    overrides = []
+    own, overrides = {**DEFAULTS}, []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in OWN:
@@ -197,21 +197,28 @@ def _run(argv: list[str]) -> int:
         else:
             overrides.append(arg)
     try:
-        widths = [int(w) for w in own["widths"].split(",")]
-        numbers = {k: int(own[k]) for k in ("base", "head_dim", "steps", "batch", "seeds")}
-        lr = float(own["lr"])
+        settings: dict[str, Any] = {k: int(own[k]) for k in ("base", "head_dim", "steps", "batch", "seeds")}
+        settings.update(widths=[int(w) for w in own["widths"].split(",")], lr=float(own["lr"]))
     except ValueError as err:
         raise ConfigError("argument", str(err).split(": ")[-1], "widths, base, head_dim, steps, batch and seeds are "
                           "integers, lr a number") from None
-    placements, params = own["placements"].split(","), own["parametrizations"].split(",")
-    table = coord_check(overrides, widths, placements, params, lr=lr, **numbers)
+    settings.update(placements=own["placements"].split(","), parametrizations=own["parametrizations"].split(","),
+                    out=Path(own["out"]))
+    return settings, overrides
+
+
+def _run(argv: list[str]) -> int:
+    from ablate.files import write_text
+
+    settings, overrides = arguments(argv)
+    out = settings.pop("out")
+    table = coord_check(overrides, **settings)
     found = summary(table)
-    out = Path(own["out"])
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "coord_check.csv", table.to_csv(index=False))
     write_text(out / "summary.csv", found.to_csv(index=False))
     plot(table, out / "coord_check.png")
-    print(f"RMS at step {numbers['steps']} by width multiple; slope of log RMS on log width "
+    print(f"RMS at step {settings['steps']} by width multiple; slope of log RMS on log width "
           f"(flat: |slope| <= {FLAT_SLOPE})")
     print(found.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {out / 'coord_check.csv'}, {out / 'summary.csv'} and {out / 'coord_check.png'}")

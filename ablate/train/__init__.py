@@ -49,6 +49,7 @@ from ablate.train.devices import (
 )
 from ablate.train.distill import Teacher, check_same_tokenizer, distillation_loss, load_teacher, objective
 from ablate.train.distributed import Dist, full, local, setup_distributed
+from ablate.train.experts import after_step
 from ablate.train.measure import cross_entropy, max_attention_logit, validation_bytes_per_token, validation_loss
 from ablate.train.optimizer import build_optimizer, lr_at, step_unless_not_finite
 from ablate.train.trackers import Trackers
@@ -362,30 +363,14 @@ class Runner:
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
         step_unless_not_finite(self.opt, finite if kd_sum is None else finite & torch.isfinite(kd_sum))
         self.opt.zero_grad(set_to_none=True)
-        self.after_routing()
+        if self.model.experts():  # load entropy for the log; balance=bias moves its biases
+            self.router["load_entropy"] = after_step(self.model.experts(), self.dist, self.device,
+                                                     cfg.model.mlp.moe.bias_rate)
         s = self.state
         s.step, s.tokens = step + 1, s.tokens + cfg.train.batch_tokens
         record = {"step": s.step, "tokens": s.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   **{f"router_{k}": v for k, v in self.router.items()}}
         return record if kd_sum is None else {**record, "distill_loss": kd_sum / len(micro)}
-
-    def after_routing(self) -> None:
-        """Mixture of experts, after an optimizer step: each layer's load over the step, summed over
-        processes; the experts' load entropy (1: balanced) for the log; balance=bias moves the
-        choosing biases toward equal load."""
-        layers = self.model.experts()
-        if not layers:
-            return
-        from ablate.model.moe import load_entropy
-
-        entropies = []
-        for layer in layers:
-            load = self.dist.mean(layer.load.to(self.device)) * self.dist.world
-            entropies.append(load_entropy(load.cpu()))
-            if layer.choice_bias is not None:
-                layer.update_bias(self.cfg.model.mlp.moe.bias_rate, load)
-            layer.load = torch.zeros_like(layer.load)
-        self.router["load_entropy"] = sum(entropies) / len(entropies)
 
     def read(self, since: float) -> list[dict[str, Any]]:
         """The pending steps' records with their numbers read from the device (the loss averaged over
