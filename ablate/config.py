@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablate import parts
 from ablate.registry import ConfigError
 from ablate.typed import from_dict
 
@@ -80,6 +81,12 @@ class AttentionConfig:
     # QK-norm, before the rotation: null (none) | head (over each head's head_dim: Qwen 3, Gemma 3,
     # torchtitan, Megatron) | all (over all heads' n_heads x head_dim at once: OLMo 2); model.norm's kind
     qk_norm: str | None = None
+    # multi-head latent attention with kv_lora_rank set (ablate.model.latent); head_dim is then the
+    # non-rotary part of a query / key head, v_head_dim a value head's (null: head_dim)
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
+    rope_head_dim: int = 16
+    v_head_dim: int | None = None
     backend: str = operational("auto")  # auto | sdpa | eager | flex (auto picks by device and need)
 
 
@@ -102,10 +109,6 @@ class NormConfig:
     eps: float = 1e-6
     unit_offset: bool = False  # scale by (1 + w), w initialised to 0 (Gemma)
     bias: bool = False
-
-
-ROUTERS = ("softmax_topk", "topk_softmax")
-BALANCES = ("aux_loss", "bias", "none")
 
 
 @dataclass
@@ -184,9 +187,23 @@ class ModelConfig:
         return self.attention.head_dim or self.dim // self.attention.n_heads
 
     @property
+    def latent(self) -> bool:
+        """Multi-head latent attention (attention.kv_lora_rank set)."""
+        return self.attention.kv_lora_rank is not None
+
+    @property
+    def qk_head_dim(self) -> int:
+        """A query / key head's channels: head_dim, plus the rotary ones under latent attention."""
+        return self.head_dim + (self.attention.rope_head_dim if self.latent else 0)
+
+    @property
+    def v_head_dim(self) -> int:
+        return (self.attention.v_head_dim or self.head_dim) if self.latent else self.head_dim
+
+    @property
     def attn_scale(self) -> float:
         """Factor on q.k scores: 1/sqrt(d) (1/d under muP, d the head size or query_pre_attn_scalar)."""
-        d = self.attention.query_pre_attn_scalar or self.head_dim
+        d = self.attention.query_pre_attn_scalar or self.qk_head_dim
         return 1.0 / d if self.parametrization == "mup" else d**-0.5
 
     @property
@@ -234,23 +251,8 @@ class ModelConfig:
         if self.mlp.hidden_dim is not None and self.mlp.hidden_dim < 1:
             raise ConfigError(f("mlp.hidden_dim"), self.mlp.hidden_dim, "must be a positive integer or null")
         if self.mlp.moe.n_experts:
-            self._validate_moe(f)
+            parts.experts(self, f)
         return self
-
-    def _validate_moe(self, f) -> None:
-        """Experts, their routing and balancing."""
-        m = self.mlp.moe
-        if not 1 <= m.top_k <= m.n_experts:
-            raise ConfigError(f("mlp.moe.top_k"), m.top_k, f"must be between 1 and n_experts={m.n_experts}")
-        for name, value, valid in (("router", m.router, ROUTERS), ("balance", m.balance, BALANCES)):
-            if value not in valid:
-                raise ConfigError(f(f"mlp.moe.{name}"), value, "unknown choice", valid=list(valid))
-        if self.mlp.bias:
-            raise ConfigError(f("mlp.bias"), True, "experts have no biases: set model.mlp.bias=false")
-        for name in ("n_experts", "n_shared_experts", "expert_hidden_dim", "shared_hidden_dim"):
-            value = getattr(m, name)
-            if value is not None and value < 0:
-                raise ConfigError(f(f"mlp.moe.{name}"), value, "must not be negative")
 
     def _validate_attention(self, f) -> None:
         """Heads, kv heads, head size, soft-caps and windows."""
@@ -265,6 +267,8 @@ class ModelConfig:
                               f"must divide dim={self.dim} unless attention.head_dim is set")
         if a.head_dim is not None and a.head_dim < 1:
             raise ConfigError(f("attention.head_dim"), a.head_dim, "must be a positive integer or null")
+        if a.kv_lora_rank is not None:
+            parts.latent(self, f)
         if a.qk_norm not in QK_NORMS:
             raise ConfigError(f("attention.qk_norm"), a.qk_norm, "unknown QK-norm", valid=["null", "head", "all"])
         for name in ("attention.softcap", "logit_softcap", "attention.query_pre_attn_scalar"):

@@ -61,6 +61,10 @@ def reference(family: str, **overrides) -> transformers.PreTrainedModel:
                                                          moe_intermediate_size=24, shared_expert_intermediate_size=56,
                                                          num_experts=4, num_experts_per_tok=2,
                                                          max_position_embeddings=64, **common),
+        "deepseek_v3": lambda: transformers.DeepseekV3Config(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+            kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12,
+            first_k_dense_replace=2, max_position_embeddings=64, **common),
         "olmo2": lambda: transformers.Olmo2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                                   num_attention_heads=4, num_key_value_heads=2,
                                                   max_position_embeddings=64, **common),
@@ -72,7 +76,8 @@ def reference(family: str, **overrides) -> transformers.PreTrainedModel:
            "llama": transformers.LlamaForCausalLM, "gemma": transformers.GemmaForCausalLM,
            "gemma2": transformers.Gemma2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
            "olmo2": transformers.Olmo2ForCausalLM, "mixtral": transformers.MixtralForCausalLM,
-           "olmoe": transformers.OlmoeForCausalLM, "qwen2_moe": transformers.Qwen2MoeForCausalLM}[family]
+           "olmoe": transformers.OlmoeForCausalLM, "qwen2_moe": transformers.Qwen2MoeForCausalLM,
+           "deepseek_v3": transformers.DeepseekV3ForCausalLM}[family]
     return randomize_(cls(cfg), unit_offset=family.startswith("gemma")).eval()
 
 
@@ -98,6 +103,8 @@ CASES = [
     ("olmoe", {"norm_topk_prob": True, "attention_bias": True}),
     ("qwen2_moe", {}),  # 4 experts, top 2, a gated shared expert, qkv biases
     ("qwen2_moe", {"norm_topk_prob": True, "qkv_bias": False, "num_key_value_heads": 1}),
+    ("deepseek_v3", {}),  # latent attention with a query latent, interleaved RoPE channels, every layer dense
+    ("deepseek_v3", {"q_lora_rank": None, "rope_interleave": False, "tie_word_embeddings": True}),
 ]
 
 

@@ -96,6 +96,10 @@ CACHE_CASES = [
     dict(position="rope", attn=dict(window=4, window_pattern="alternating", softcap=20.0), logit_softcap=10.0),
     dict(position="sinusoidal", attn=dict(window=3, window_pattern="alternating")),
     dict(position="rope", attention="mqa", placement="sandwich", mlp="geglu"),
+    dict(position="rope", attention="mha", attn=dict(kv_lora_rank=8, rope_head_dim=4)),  # latent attention
+    dict(position="rope", attention="mha", attn=dict(kv_lora_rank=6, q_lora_rank=10, rope_head_dim=4, v_head_dim=6)),
+    dict(position="rope", attention="mha", attn=dict(qk_norm="head")),
+    dict(position="alibi", attention="gqa", attn=dict(qk_norm="all"), placement="reordered"),
 ]
 
 
@@ -115,6 +119,24 @@ def test_kv_cache_matches_full_forward(case, backend):
         singles = [model(tokens[:, i:i + 1], cache) for i in range(11, 14)]
     assert cache.length == 14
     assert_close(torch.cat([prefill, *chunks, *singles], dim=1), full)
+
+
+def test_latent_attention_generates_alike_with_and_without_its_compressed_cache():
+    """Greedy generation from the cache (the latent and the shared rope key, nothing per head)
+    equals re-running the whole sequence; the cache holds kv_lora_rank + rope_head_dim per token."""
+    model = Transformer(tiny("rope", "mha", attn=dict(kv_lora_rank=8, q_lora_rank=12, rope_head_dim=4))).eval()
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            seq = torch.cat((seq, model(seq)[:, -1].argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(out, seq)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(prompt, cache)
+    assert [tuple(k.shape) for k in cache.keys] == [(2, 1, 5, 8)] * 2 and cache.values[0].shape == (2, 1, 5, 4)
+    assert model_facts(model.cfg).kv_bytes_per_token == 2 * (8 + 4) * 2  # layers x (latent + rope key) x bf16
 
 
 def test_learned_positions_refuse_beyond_their_table():

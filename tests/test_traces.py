@@ -51,6 +51,8 @@ VARIANTS = {
     "qk-norm across heads: gqa": ["model.attention.qk_norm=all", "model/attention=gqa"],
     "moe aux loss: renormalised top 2 of 4": ["model/mlp=moe", "model.mlp.moe.n_experts=4",
                                                     "model.mlp.moe.router=topk_softmax"],
+    "latent attention: a query latent": ["model/attention=mla", "model.attention.kv_lora_rank=16",
+                                         "model.attention.q_lora_rank=24", "model.attention.rope_head_dim=8"],
     "moe bias balancer: gated shared expert": ["model/mlp=moe", "model.mlp.moe.n_experts=4",
                                                     "model.mlp.moe.balance=bias", "model.mlp.moe.bias_rate=0.01",
                                                     "model.mlp.moe.n_shared_experts=1",

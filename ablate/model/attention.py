@@ -113,7 +113,7 @@ class EagerBackend(Backend):
         plan = plan.float()
         scores = scores + (plan.view(Hkv, H // Hkv, Tq, Tk) if plan.dim() == 3 else plan)
         probs = F.dropout(scores.softmax(dim=-1).to(q.dtype), p=dropout)  # (B, Hkv, G, Tq, Tk)
-        return (probs @ v.unsqueeze(2)).view(B, H, Tq, hd)  # (B, Hkv, G, Tq, hd) -> (B, H, Tq, hd)
+        return (probs @ v.unsqueeze(2)).view(B, H, Tq, v.shape[-1])  # (B, Hkv, G, Tq, hd_v) -> (B, H, Tq, hd_v)
 
 
 SMALL_FLEX_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2}

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ablate.config import ModelConfig
 from ablate.model.attention import Attention, Step
+from ablate.model.latent import LatentAttention
 from ablate.model.mlp import Mlp, mlp_hidden_dim
 from ablate.model.moe import Moe
 from ablate.model.norm import build_norm
@@ -93,7 +94,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, plan: LayerPlan) -> None:
         super().__init__()
         self.placement = plan.placement
-        self.attn = Attention(cfg, plan)
+        self.attn = LatentAttention(cfg, plan) if cfg.latent else Attention(cfg, plan)
         self.mlp = Moe(cfg) if cfg.mlp.moe.n_experts else Mlp(cfg.dim, mlp_hidden_dim(cfg), cfg.mlp.kind,
                                                               cfg.mlp.bias, cfg.matrix_std, cfg.n_layers)
         p = self.placement

@@ -8,10 +8,11 @@ Conventions, stated once:
   parameters are all the others. This is the split of Gemma's Table 2 and of Kaplan et al.'s N.
 - training FLOPs per token: 3 x forward (backward costs twice the forward). Forward = 2 x every
   matrix weight of the blocks' linear layers plus the output head (vocab x dim, tied or not), plus
-  attention's QK^T and AV: 4 x n_heads x head_dim x (mean number of keys a query sees), per layer,
+  attention's QK^T and AV: 2 x n_heads x (qk + v head sizes) x (mean number of keys a query sees), per layer,
   at `seq_len`: (S + 1) / 2 for causal global layers, fewer under a sliding window (each layer's
   window from the layer plan). Norms, softmax and activations are not counted.
-- KV-cache bytes per token: keys and values of every layer, n_kv_heads x head_dim each, at `dtype`.
+- KV-cache bytes per token: keys and values of every layer, n_kv_heads x head_dim each, at `dtype`
+  (latent attention: its latent and shared rope key, kv_lora_rank + rope_head_dim per layer).
 - mixture of experts: a token passes through the router, its top_k routed experts and any shared
   ones; FLOPs count those, and the active parameters are all parameters less the routed experts a
   token skips ((n_experts - top_k) x an expert's, per layer). Dense models: active = all.
@@ -70,8 +71,10 @@ def _measure(cfg: ModelConfig, seq_len: int, dtype: torch.dtype) -> ModelFacts:
         skipped += (moe.n_experts - moe.top_k) * per_expert
     head = cfg.vocab_size * cfg.dim
     keys_seen = sum(_mean_keys(seq_len, layer.window) for layer in model.plan)
-    forward = 2 * (matmul + head) + 4 * cfg.n_heads * cfg.head_dim * keys_seen
-    kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * torch.finfo(dtype).bits // 8
+    forward = 2 * (matmul + head) + 2 * cfg.n_heads * (cfg.qk_head_dim + cfg.v_head_dim) * keys_seen
+    per_layer = (cfg.attention.kv_lora_rank + cfg.attention.rope_head_dim if cfg.latent  # the latent, the rope key
+                 else 2 * cfg.n_kv_heads * cfg.head_dim)
+    kv_bytes = cfg.n_layers * per_layer * torch.finfo(dtype).bits // 8
     return ModelFacts(params, embedding, params - embedding, 3.0 * forward, kv_bytes, seq_len,
                       str(dtype).removeprefix("torch."), params - skipped, params - embedding - skipped)
 

@@ -101,7 +101,7 @@ class Transformer(nn.Module):
                 part = name.split(".")[2]
                 if part in ("attn_norm", "mlp_norm"):
                     roles[name] = "input_norm"
-                elif ".q_norm." in name or ".k_norm." in name:
+                elif ".q_norm." in name or ".k_norm." in name or ".kv_norm." in name:
                     roles[name] = "qk_norm"
                 elif part in ("attn_out_norm", "mlp_out_norm"):
                     roles[name] = out_norm

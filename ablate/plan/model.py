@@ -28,7 +28,10 @@ def describe(cfg: ModelConfig, micro_batch: int = 8, seq_len: int | None = None,
     rope = f" (theta {cfg.position.theta:g}, fraction {cfg.position.rotary_fraction:g})"
     lines = [
         f"position    {cfg.position.kind}" + (rope if cfg.position.kind.startswith("rope") else ""),
-        f"attention   {cfg.n_heads} heads, {cfg.n_kv_heads} kv heads, head_dim {cfg.head_dim}, {windows}"
+        (f"attention   {cfg.n_heads} heads, {cfg.n_kv_heads} kv heads, head_dim {cfg.head_dim}, {windows}"
+         if not cfg.latent else
+         f"attention   latent: {cfg.n_heads} heads of {cfg.head_dim} + {a.rope_head_dim} rotary channels (values "
+         f"{cfg.v_head_dim}), kv latent {a.kv_lora_rank}, q latent {a.q_lora_rank or 'none'}")
         + (f", soft-cap {a.softcap:g}" if a.softcap else ""),
         f"norm        {cfg.norm.kind} ({cfg.placement})" + (", unit offset" if cfg.norm.unit_offset else "")
         + (", embedding norm" if cfg.embedding_norm else ""),
