@@ -32,8 +32,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif "torch.distributed.run" in source:
+        elif "torch.distributed.run" in source or "test_parallel import" in source:
             item.add_marker(pytest.mark.xdist_group("torchrun"))
+    # the serialised groups first: each runs on one worker from the start while the others take
+    # the rest, rather than at the end on one worker while the others wait
+    first = {"slurm": 0, "torchrun": 1}
+    items.sort(key=lambda item: first.get(next((m.args[0] for m in item.iter_markers("xdist_group")), ""), 2))
 
 
 def pairwise(columns: list[list]) -> set[tuple]:

@@ -130,7 +130,7 @@ def test_distilled_runs(teacher, cache_dir, tmp_path):
     plan = cli_in_process("ablate.train", "-m", *tiny_overrides(cache_dir, results, *STUDENT,
                                                           f"train.distill.teacher={teacher}",
                                                           "train.distill.weight=0,0.5"), "--plan").stdout
-    flops = [float(row.split()[3]) for row in plan.splitlines() if row.strip()[:1].isdigit() and "M " in row]
+    flops = [float(row.split()[4]) for row in plan.splitlines() if row.strip()[:1].isdigit() and "M " in row]
     assert len(flops) == 2 and flops[1] == pytest.approx(flops[0] + s["teacher_flops_per_token"], rel=5e-3)  # 3 digits
 
     # the same teacher exported to transformers: the same distillation

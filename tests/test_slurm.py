@@ -177,10 +177,19 @@ def test_two_jobs_on_one_run_dir_train_it_once(cache_dir, tmp_path):
     naming the holder's host and pid, and every step is logged once."""
     args = tiny_overrides(cache_dir, tmp_path, "run_name=twice", "train.tokens=204800", "train.threads=1",
                           "train.checkpoint_every=50", "train.eval_every=0", "train.log_every=10")
-    jobs = [subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G",
-                            f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "train.sbatch"), *args],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)]
-    deadline = time.time() + 600
+    def submit() -> str:
+        return subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G",
+                               f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "train.sbatch"), *args],
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    # the second is submitted once the first is training, so that the two overlap whatever the
+    # queue's latency (submitted together, the first could finish before the second started)
+    run = tmp_path / "default" / "twice"
+    jobs, deadline = [submit()], time.time() + 600
+    while not (run / "metrics.jsonl").exists():
+        assert time.time() < deadline and jobs[0] in _queued()
+        time.sleep(0.2)
+    jobs.append(submit())
     while any(j in _queued() for j in jobs):
         assert time.time() < deadline
         time.sleep(1)
@@ -188,8 +197,7 @@ def test_two_jobs_on_one_run_dir_train_it_once(cache_dir, tmp_path):
     refused = [log for log in logs if "is in use by pid" in log]
     assert len(refused) == 1, [log[-2000:] for log in logs]
     line = next(x for x in refused[0].splitlines() if "is in use by pid" in x)
-    assert line.startswith("error: ") and "wrote nothing" in line
-    run = tmp_path / "default" / "twice"
+    assert line.startswith("error: ") and "wrote nothing" in line and refused[0] is logs[1]
     assert _summary(run)["status"] == "completed" and "attempts" not in _summary(run)
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 200

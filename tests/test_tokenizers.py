@@ -101,7 +101,7 @@ def test_a_tokenizer_sweep_is_reported_in_bits_per_byte(cache_dir, tmp_path):
     sweep = tiny_overrides(cache_dir, tmp_path, "train.tokens=20480", "train.log_every=10")
     plan = cli_in_process("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1", "--plan").stdout
     assert "differs by design: the tokenizer (data.vocab_size)" in plan and "bits per byte" in plan
-    flops = {float(row.split()[3]) for row in plan.splitlines() if row.strip()[:1].isdigit() and "M " in row}
+    flops = {float(row.split()[4]) for row in plan.splitlines() if row.strip()[:1].isdigit() and "M " in row}
     assert len(flops) == 2  # the planned heads follow each arm's vocabulary, not model.vocab_size
     cli_in_process("ablate.train", "-m", *sweep, "data.vocab_size=384,1024", "seed=0,1")
     experiment = tmp_path / "default"
