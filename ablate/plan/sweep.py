@@ -308,11 +308,11 @@ def plan_table(jobs: list[Job], config: Any, title: str = "") -> str:
         total += hours if job.trains else 0.0
         status = job.status if job.launch or job.status == "completed" else f"{job.status} (kept)"
         lines.append(f"{i:>3}  {status:<11} {f.params / 1e6:8.2f}M  {f.active_params / 1e6:8.2f}M  {per_token:10.3g}  "
-                     f"{job.config.train.tokens:>12,}  {hours:9.3g}  {job.run_dir}")
+                     f"{f.kv_bytes_per_token:>8,}  {job.config.train.tokens:>12,}  {hours:9.3g}  {job.run_dir}")
     title = f"{title}: " if title else ""
     header = (f"{title}{len(jobs)} jobs; cost at {flops / 1e12:g} TFLOP/s per GPU and {mfu:.0%} MFU "
-              f"(cost.gpu_tflops, cost.mfu)\n  #  status      params     active    FLOPs/tok        tokens  GPU-hours  "
-              "run dir")
+              f"(cost.gpu_tflops, cost.mfu)\n  #  status      params     active    FLOPs/tok  KV B/tok        tokens  "
+              "GPU-hours  run dir")
     todo = sum(j.launch for j in jobs)
     kept = sum(j.status == "diverged" and not j.launch for j in jobs)
     note = f"; {kept} diverged runs kept as they are (train.retry_diverged=true retries them)" if kept else ""
