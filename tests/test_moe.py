@@ -116,7 +116,10 @@ def test_ddp_and_fsdp_with_experts_match_one_process(cache_dir, tmp_path):
     """The bias balancer's load is summed over processes and the auxiliary loss is taken per
     micro-batch, as in one process: two processes follow one process's curve, and the router's
     statistics are recorded."""
+    import test_parallel
     from test_parallel import assert_same_curve, metrics, summary, train
+
+    test_parallel.PORTS = iter(range(29561, 29580))  # ports of its own, whichever copy of the module this is
 
     experts = ("model/mlp=moe", "model.mlp.moe.n_experts=4", "model.mlp.moe.n_shared_experts=1",
                "model.mlp.moe.shared_gate=true", "model.mlp.moe.balance=bias", "model.mlp.moe.bias_rate=0.01")

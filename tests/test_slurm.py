@@ -118,13 +118,13 @@ def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
 
 
 def test_bad_sweep_queues_nothing(cache_dir, tmp_path):
-    before = _queued()
     out = run_cli("ablate.train", "-m", "hydra/launcher=slurm", "model.attention.n_kv_heads=1,3",
                   *tiny_overrides(cache_dir, tmp_path), env=SLURM_ENV, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr and "nothing was launched" in out.stderr
-    # nothing new queued (an earlier test's job may leave the queue meanwhile)
-    assert set(_queued()) <= set(before) and not (tmp_path / "default" / ".submitit").exists()
+    # nothing submitted: submitit writes its folder before it submits anything (the queue itself is
+    # no witness: an earlier test's requeued job may leave and re-enter it meanwhile)
+    assert not (tmp_path / "default" / ".submitit").exists()
 
 
 def test_sbatch_template_checkpoints_and_requeues_on_signal(cache_dir, tmp_path):
