@@ -108,7 +108,6 @@ class Moe(nn.Module):
         if self.balance == "aux_loss":
             share = counts / chosen.numel()  # f_i
             self.aux_loss = self.n_experts * (share * probs.mean(dim=0)).sum()
-        self.last_counts = counts.detach()
         return out.view(B, T, D)
 
     @torch.no_grad()
