@@ -1,10 +1,12 @@
 import inspect
 import itertools
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,8 +77,7 @@ def any_teacher(tmp_path_factory, cache_dir) -> Path:
     """A completed run (2 steps) to name as a distillation teacher where only its existence
     matters (plans: the tokenizer is checked when training starts)."""
     results = tmp_path_factory.mktemp("teacher")
-    run_cli("ablate.train", *tiny_overrides(cache_dir, results, "run_name=teacher", "train.tokens=2048"))
-    return results / "default" / "teacher"
+    return train_in_process(cache_dir, results, "teacher", "train.tokens=2048")
 
 
 def tiny_overrides(cache: Path, results: Path, *extra: str) -> list[str]:
@@ -124,15 +125,28 @@ def cli_in_process(module: str, *args: str, check: bool = True) -> subprocess.Co
     import runpy
 
     argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
+    # the command's log lines reach its stderr, as they would alone (pytest's handlers on the root
+    # logger make a command's own logging.basicConfig a no-op here)
+    root, handler = logging.getLogger(), logging.StreamHandler(err)
+    level, handler.level = root.level, logging.INFO
     sys.argv = [module, *args]
+    root.addHandler(handler), root.setLevel(min(level, logging.INFO))
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # warnings as a fresh interpreter shows them: on stderr, under Python's default filters
+            # (pytest records warnings by replacing this hook; catch_warnings restores it on exit)
+            warnings.showwarning = warnings._showwarning_orig
+            warnings._showwarnmsg_impl = lambda message: err.write(warnings._formatwarnmsg(message))
+            warnings.simplefilter("default")
+            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", quiet)
             try:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = argv
+        logging.getLogger().removeHandler(handler), logging.getLogger().setLevel(level)
     proc = subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{module} {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")

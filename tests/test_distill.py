@@ -33,8 +33,8 @@ def teacher(tmp_path_factory, cache_dir) -> Path:
 
 
 def student(cache_dir, results: Path, name: str, *extra: str, check: bool = True):
-    out = run_cli("ablate.train", *tiny_overrides(cache_dir, results, f"run_name={name}", *STUDENT, *extra),
-                  check=check)
+    out = cli_in_process("ablate.train", *tiny_overrides(cache_dir, results, f"run_name={name}", *STUDENT, *extra),
+                         check=check)
     return out if not check else results / "default" / name
 
 
@@ -113,9 +113,9 @@ def test_distilled_runs(teacher, cache_dir, tmp_path):
 
     # a distilled run resumes as any run does, and on two processes computes what one computes
     again = rewound(half, tmp_path / "again", 10)
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path / "again", "run_name=half", *STUDENT,
-                                            f"train.distill.teacher={teacher}", "train.distill.weight=0.5",
-                                            "train.distill.temperature=2"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path / "again", "run_name=half", *STUDENT,
+                                                   f"train.distill.teacher={teacher}", "train.distill.weight=0.5",
+                                                   "train.distill.temperature=2"))
     assert summary(again)["attempts"][0]["step"] == 10
     two = tmp_path / "two"
     run_cli("torch.distributed.run", "--nproc_per_node=2", "--master_port=29571", "-m", "ablate.train",
@@ -135,7 +135,7 @@ def test_distilled_runs(teacher, cache_dir, tmp_path):
 
     # the same teacher exported to transformers: the same distillation
     hf_dir = tmp_path / "hf"
-    run_cli("ablate.evaluate.export", f"run={teacher}", f"out={hf_dir}")
+    cli_in_process("ablate.evaluate.export", f"run={teacher}", f"out={hf_dir}")
     via_hf = student(cache_dir, results, "half_hf", f"train.distill.teacher={hf_dir}", "train.distill.weight=0.5",
                      "train.distill.temperature=2")
     assert summary(via_hf)["teacher"]["kind"] == "transformers"
@@ -155,8 +155,8 @@ def test_a_teacher_is_refused_before_anything_is_written(teacher, cache_dir, tmp
     assert not any((run / name).exists() for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints"))
     # no teacher where named, or weight without a teacher: before any job of a sweep is submitted
     sweep = tmp_path / "sweep"
-    out = run_cli("ablate.train", "-m", *tiny_overrides(cache_dir, sweep, "train.distill.teacher=/nowhere",
-                                                         "train.distill.weight=0.5,1"), check=False)
+    out = cli_in_process("ablate.train", "-m", *tiny_overrides(cache_dir, sweep, "train.distill.teacher=/nowhere",
+                                                                "train.distill.weight=0.5,1"), check=False)
     assert out.returncode == 2 and "train.distill.teacher" in out.stderr and "neither an ablate run" in out.stderr
     assert not sweep.exists()
     out = student(cache_dir, results, "nobody", "train.distill.weight=0.5", check=False)

@@ -22,7 +22,7 @@ from ablate.model import Transformer
 from ablate.registry import ConfigError
 from ablate.run.rundir import RunDir
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, tiny_overrides
 
 SHARED = ROOT.parent / "shared" / "data" / "eval"
 
@@ -31,9 +31,9 @@ SHARED = ROOT.parent / "shared" / "data" / "eval"
 def trained(tmp_path_factory, cache_dir) -> Path:
     """A tiny default (Llama-family) run, trained for 80 steps, and exported."""
     results = tmp_path_factory.mktemp("results")
-    run_cli("ablate.train", *tiny_overrides(cache_dir, results, "run_name=tiny", "train.tokens=81920"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, results, "run_name=tiny", "train.tokens=81920"))
     run = results / "default" / "tiny"
-    run_cli("ablate.evaluate.export", f"run={run}")
+    cli_in_process("ablate.evaluate.export", f"run={run}")
     return run
 
 
@@ -87,7 +87,7 @@ def test_parity_with_lm_eval_hf_backend(trained, cache_dir, tmp_path):
 
 
 def test_ablate_eval_writes_lm_eval_results(trained):
-    out = run_cli("ablate.evaluate", f"run={trained}", "eval.probe_items=60")
+    out = cli_in_process("ablate.evaluate", f"run={trained}", "eval.probe_items=60")
     assert "probes ->" in out.stdout and "extrapolation ->" in out.stdout
     probes = json.loads((trained / "eval" / "probes.json").read_text())
     assert set(probes["results"]) == {"ablate_agreement", "ablate_length", "ablate_nesting", "ablate_recall",
@@ -109,8 +109,8 @@ def test_ablate_eval_writes_lm_eval_results(trained):
 
 
 def test_samples_and_custom_task_lists(trained):
-    run_cli("ablate.evaluate", f"run={trained}", "tasks=ablate_agreement", "eval.probe_items=60", "eval.limit=10",
-            "--samples")
+    cli_in_process("ablate.evaluate", f"run={trained}", "tasks=ablate_agreement", "eval.probe_items=60",
+                   "eval.limit=10", "--samples")
     custom = json.loads((trained / "eval" / "custom.json").read_text())
     assert list(custom["results"]) == ["ablate_agreement"]
     rows = (trained / "eval" / "custom_samples.jsonl").read_text().splitlines()
@@ -166,9 +166,9 @@ def test_harness_is_lm_eval_command_line(trained, cache_dir, tmp_path):
     (tmp_path / "tasks" / "mini_agreement.yaml").write_text(
         f"include: {ROOT / 'ablate' / 'evaluate' / 'tasks' / 'ablate_agreement.yaml'}\ntask: mini_agreement\n"
         f"dataset_kwargs: {{data_files: {{test: {probes / 'agreement.jsonl'}}}}}\n")
-    run_cli("ablate.evaluate.harness", "--model", "ablate", "--model_args", f"run={trained}", "--tasks",
-            "mini_agreement", "--include_path", str(tmp_path / "tasks"), "--limit", "8", "--output_path",
-            str(tmp_path / "out"))
+    cli_in_process("ablate.evaluate.harness", "--model", "ablate", "--model_args", f"run={trained}", "--tasks",
+                   "mini_agreement", "--include_path", str(tmp_path / "tasks"), "--limit", "8", "--output_path",
+                   str(tmp_path / "out"))
     (result,) = (tmp_path / "out").rglob("results*.json")
     assert "mini_agreement" in json.loads(result.read_text())["results"]
 
@@ -178,7 +178,7 @@ def test_local_files_for_lm_eval_builtin_tasks(trained, tmp_path):
     local = {"lambada_openai": SHARED / "lambada_openai_test.jsonl", "piqa": SHARED / "piqa_validation.jsonl",
              "blimp_anaphor_number_agreement": SHARED / "blimp" / "anaphor_number_agreement.jsonl"}
     args = [f"eval.local_data.{task}={path}" for task, path in local.items()]
-    run_cli("ablate.evaluate", f"run={trained}", f"tasks={','.join(local)}", "eval.limit=20", *args)
+    cli_in_process("ablate.evaluate", f"run={trained}", f"tasks={','.join(local)}", "eval.limit=20", *args)
     results = json.loads((trained / "eval" / "custom.json").read_text())
     for task in local:
         assert results["n-samples"][task]["effective"] == 20
@@ -201,26 +201,26 @@ def test_errors_name_what_exists(trained, tmp_path):
         load_run(trained, trained / "checkpoints" / "step_00000010.pt")
     assert load_run(trained, "70").step == 70 and not load_run(trained, "step_00000070.pt").final
     assert load_run(trained).final and load_run(trained).checkpoint.name == "step_00000080.pt"
-    out = run_cli("ablate.evaluate", f"run={trained}", "tasks=ablate_agreemnt", check=False)
+    out = cli_in_process("ablate.evaluate", f"run={trained}", "tasks=ablate_agreemnt", check=False)
     assert out.returncode == 2 and "ablate_agreement" in out.stderr and "Traceback" not in out.stderr
-    out = run_cli("ablate.evaluate", f"run={trained}", "suite=bigsciense", check=False)
+    out = cli_in_process("ablate.evaluate", f"run={trained}", "suite=bigsciense", check=False)
     assert out.returncode == 2 and "eval='bigsciense': no such option" in out.stderr and "bigscience" in out.stderr
-    out = run_cli("ablate.evaluate", f"run={trained}", "eval.local_data.piqa=/no/such.jsonl", "tasks=piqa",
-                  check=False)
+    out = cli_in_process("ablate.evaluate", f"run={trained}", "eval.local_data.piqa=/no/such.jsonl", "tasks=piqa",
+                         check=False)
     assert out.returncode == 2 and "eval.local_data.piqa='/no/such.jsonl': no such file" in out.stderr
 
 
 def test_export_only_what_transformers_implements(cache_dir, tmp_path):
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=alibi", "model/position=alibi",
-                                            "train.tokens=1024"))
-    out = run_cli("ablate.evaluate.export", f"run={tmp_path / 'default' / 'alibi'}", check=False)
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=alibi", "model/position=alibi",
+                                                   "train.tokens=1024"))
+    out = cli_in_process("ablate.evaluate.export", f"run={tmp_path / 'default' / 'alibi'}", check=False)
     assert out.returncode == 2 and "no transformers class implements it" in out.stderr
     assert "llama: position.kind is 'alibi', needs 'rope'" in out.stderr
 
 
 def test_train_then_evaluate_in_one_job(cache_dir, tmp_path):
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=both", "train.tokens=4096",
-                                            "train.eval_at_end=true", "eval=probes", "eval.probe_items=40"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=both", "train.tokens=4096",
+                                                   "train.eval_at_end=true", "eval=probes", "eval.probe_items=40"))
     assert (tmp_path / "default" / "both" / "eval" / "probes.json").exists()
 
 
@@ -229,9 +229,8 @@ import multiprocessing, signal, sys, time
 # what submitit installs in a Slurm job: SIGTERM is logged and otherwise ignored
 signal.signal(signal.SIGTERM, lambda s, f: print("Bypassing signal SIGTERM", flush=True))
 from ablate.evaluate import evaluate_run, parse
-_, cfg = parse(["suite=probes", "eval.probe_items=40"])
-for _ in range(3):  # ablate_copy's perplexity stderr is bootstrapped by lm-eval in a forked pool
-    evaluate_run(sys.argv[1], cfg)
+_, cfg = parse(["tasks=ablate_copy", "eval.probe_items=40"])
+evaluate_run(sys.argv[1], cfg)  # ablate_copy's perplexity stderr is bootstrapped by lm-eval in a forked pool
 worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
 worker.start()
 time.sleep(0.5)
@@ -254,7 +253,7 @@ def test_evaluation_ends_under_a_handler_that_ignores_sigterm(trained):
         pytest.fail("the evaluation hung:\n" + out[-2000:])
     assert proc.returncode == 0, out[-3000:]
     assert f"worker exit code {-signal.SIGTERM}" in out
-    copy = json.loads((trained / "eval" / "probes.json").read_text())["results"]["ablate_copy"]
+    copy = json.loads((trained / "eval" / "custom.json").read_text())["results"]["ablate_copy"]
     assert copy["perplexity_stderr,none"] > 0
 
 
@@ -343,11 +342,11 @@ def test_generation_keeps_the_prompt_and_stays_in_the_context(trained):
 def test_evaluation_runs_at_the_trained_length(cache_dir, tmp_path):
     """A run trained at 32 tokens with a 64-row learned table: AblateLM's context and extrapolation's
     1x are 32 tokens, and the untrained rows 33-64 are never used (2x is not applicable)."""
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=short", "model/position=learned",
-                                            "train.seq_len=32", "train.tokens=4096"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=short", "model/position=learned",
+                                                   "train.seq_len=32", "train.tokens=4096"))
     run = tmp_path / "default" / "short"
     assert AblateLM(run=str(run)).max_length == 32
-    run_cli("ablate.evaluate", f"run={run}", "suite=extrapolation")
+    cli_in_process("ablate.evaluate", f"run={run}", "suite=extrapolation")
     rows = json.loads((run / "eval" / "extrapolation.json").read_text())["results"]
     assert rows["extrapolation_1x"]["seq_len"] == 32 and math.isfinite(rows["extrapolation_1x"]["perplexity,none"])
     assert rows["extrapolation_2x"]["perplexity,none"] is None

@@ -16,7 +16,7 @@ from ablate.model import Transformer
 from ablate.plan import fairness, tune
 from ablate.train import State, optimizer
 
-from conftest import ROOT, cli_in_process, plan_in_process, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, plan_in_process, tiny_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -101,7 +101,7 @@ def test_choose_takes_the_lowest_loss_counts_divergence_and_flags_edges():
 def test_a_reported_replicate_cannot_be_a_tuning_run(cache_dir, tmp_path):
     sweep = ["-m", "model/attention=mha,mqa", "model.match_mha_params=true", "seed=0,1", "+tune=lr",
              "tune.seed=1", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"), "--plan"]
-    out = run_cli("ablate.train", *sweep, check=False)
+    out = cli_in_process("ablate.train", *sweep, check=False)
     assert out.returncode == 2 and "tune.seed=1: is also a reported run's" in out.stderr
     assert not (tmp_path / "default").exists()
 
@@ -172,7 +172,8 @@ def test_tune_lr_end_to_end(cache_dir, tmp_path):
 
 
 def test_tuning_a_swept_lr_is_refused_before_anything_runs(tmp_path):
-    proc = run_cli("ablate.train", "-m", "optim.lr=1e-3,2e-3", "+tune=lr", f"results_dir={tmp_path}", check=False)
+    proc = cli_in_process("ablate.train", "-m", "optim.lr=1e-3,2e-3", "+tune=lr", f"results_dir={tmp_path}",
+                          check=False)
     assert proc.returncode == 2 and "error: optim.lr='0.001,0.002': is swept and tuned at once" in proc.stderr
     assert not (tmp_path / "default" / "tune").exists()
 

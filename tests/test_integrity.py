@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, rewound, run_cli, tiny_overrides, train_in_process
+from conftest import ROOT, cli_in_process, rewound, tiny_overrides, train_in_process
 
 MARK = "ablate-pwned"  # what the malicious checkpoint's unpickling would create
 
@@ -79,11 +79,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(completed, cache
     bad = _malicious_copy(completed, tmp_path / "bad", marker)
     final = sorted((bad / "checkpoints").glob("step_*.pt"))[-1]
     for args in ([f"run={bad}"], [f"run={bad}", f"checkpoint={final.name}"]):
-        line = _one_error_line(run_cli("ablate.evaluate", *args, "suite=extrapolation", check=False))
+        line = _one_error_line(cli_in_process("ablate.evaluate", *args, "suite=extrapolation", check=False))
         assert str(final) in line and "would call posix.system" in line
-    teacher = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=student", "train.tokens=2048",
-                                                      f"train.distill.teacher={bad}", "train.distill.weight=0.5"),
-                      check=False)
+    teacher = cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=student",
+                                                             "train.tokens=2048", f"train.distill.teacher={bad}",
+                                                             "train.distill.weight=0.5"), check=False)
     assert "would call posix.system" in _one_error_line(teacher)
     with pytest.raises(UnsafeCheckpointError, match="would call posix.system"):
         export_run(bad)
@@ -194,7 +194,7 @@ def test_a_dead_holder_is_taken_over_and_its_temporary_files_removed(cache_dir, 
     for path in left:
         path.write_bytes(b"half")
     (run / "checkpoints" / ".step_00000040.tmp").mkdir()  # a sharded checkpoint cut short
-    out = run_cli("ablate.train", *args)
+    out = cli_in_process("ablate.train", *args)
     said = out.stdout + out.stderr
     assert f"took over the lock of pid {proc.pid} on" in said and "removed 3 temporary file(s)" in said
     assert not any(p.exists() for p in left) and not (run / "checkpoints" / ".step_00000040.tmp").exists()
@@ -270,7 +270,7 @@ def test_the_report_warns_about_a_bad_metrics_line_and_an_unreadable_summary(com
         handle.write('{"step": 3, "lo')
     summary = experiment / "b" / "summary.json"
     summary.write_text(summary.read_text()[:50])
-    out = run_cli("ablate.report", f"path={experiment}")
+    out = cli_in_process("ablate.report", f"path={experiment}")
     assert "left out 1 line(s) that cannot be read" in out.stdout + out.stderr
     assert (experiment / "report" / "index.html").exists() and list((experiment / "report").glob("*.png"))
     statuses = collect(experiment).rows.groupby("run")["status"].first().to_dict()
@@ -294,14 +294,14 @@ def test_a_full_disk_is_named_recorded_and_resumed_from(small_disk, cache_dir, t
     the file and "no space left on device", its summary says failed with the same words; once space
     is freed it resumes, and ends exactly as a run that never ran out."""
     args = tiny_overrides(cache_dir, small_disk, "run_name=full", "train.tokens=40960", "train.checkpoint_every=10")
-    line = _one_error_line(run_cli("ablate.train", *args, check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *args, check=False))
     run = small_disk / "default" / "full"
     assert f"cannot write {run}/checkpoints/step_00000020.pt: no space left on device" in line
     s = _summary(run)
     assert s["status"] == "failed" and "no space left on device" in s["error"]
     assert not list((run / "checkpoints").glob(".*.tmp"))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    run_cli("ablate.train", *args)
+    cli_in_process("ablate.train", *args)
     straight = train_in_process(cache_dir, tmp_path / "straight", "full", "train.tokens=40960",
                                 "train.checkpoint_every=10")
     assert _no_timing(_metrics(run)) == _no_timing(_metrics(straight))
@@ -332,8 +332,8 @@ def test_a_summary_is_never_left_running_when_the_disk_is_full(completed, small_
 def test_a_run_name_cannot_leave_the_experiment(name, cache_dir, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    line = _one_error_line(run_cli("ablate.train", *tiny_overrides(cache_dir, work / "results", f"run_name={name}")
-                                   , check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, work / "results",
+                                                                          f"run_name={name}"), check=False))
     assert "run_name=" in line and "without '..') inside" in line
     assert not (work / "results").exists() and not Path("/tmp/ablate-escape").exists()
     assert not (ROOT / "escape").exists() and not (tmp_path / "escape").exists()
@@ -353,28 +353,28 @@ def test_a_checkpoint_named_by_a_relative_path_stays_in_the_run(completed, tmp_p
 def test_mistakes_on_the_command_line_are_one_line_and_write_nothing(cache_dir, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"plain words here.\n\n" * 2000 + b"\xff\xfe\x00binary")
-    line = _one_error_line(run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "data=files",
-                                                                   f"data.paths=[{corpus}]"), check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "data=files",
+                                                                          f"data.paths=[{corpus}]"), check=False))
     assert str(corpus) in line and f"byte {19 * 2000} is 0xff" in line
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_bytes(b'{"text": "fine"}\n' * 10 + b'{"text": "\xc3\x28"}\n')
-    line = _one_error_line(run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "data=files",
-                                                                   f"data.paths=[{jsonl}]"), check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "data=files",
+                                                                          f"data.paths=[{jsonl}]"), check=False))
     assert str(jsonl) in line and "byte 180 is 0xc3" in line
-    line = _one_error_line(run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "model/position=rotary"),
-                                   check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "model/position=rotary"),
+                                          check=False))
     assert "model/position='rotary': no such option (valid: alibi, learned" in line
-    line = _one_error_line(run_cli("ablate.train", "-m", "model/position=rope,rotary", "--plan", check=False))
+    line = _one_error_line(cli_in_process("ablate.train", "-m", "model/position=rope,rotary", "--plan", check=False))
     assert "no such option" in line
-    line = _one_error_line(run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "model.dim=[64,"),
-                                   check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "model.dim=[64,"),
+                                          check=False))
     assert "cannot be parsed" in line
-    line = _one_error_line(run_cli("ablate.evaluate", "run=x", "eval.limit=[1,", check=False))
+    line = _one_error_line(cli_in_process("ablate.evaluate", "run=x", "eval.limit=[1,", check=False))
     assert "cannot be parsed" in line
-    line = _one_error_line(run_cli("ablate.evaluate", "run=x", "suite=probez", check=False))
+    line = _one_error_line(cli_in_process("ablate.evaluate", "run=x", "suite=probez", check=False))
     assert "eval='probez': no such option" in line
-    line = _one_error_line(run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.batch_tokens=1000"),
-                                   check=False))
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path,
+                                                                          "train.batch_tokens=1000"), check=False))
     assert "must be a multiple of seq_len" in line
     assert not (tmp_path / "default").exists()  # no run directory, no .hydra skeleton, for any of them
 

@@ -15,7 +15,7 @@ from ablate.model.block import PLACEMENTS
 from ablate.model.mlp import MLPS
 from ablate.model.position import POSITIONS, alibi_slopes
 
-from conftest import ROOT, pairwise, run_cli
+from conftest import ROOT, cli_in_process, pairwise
 
 VOCAB = 61
 KV_HEADS = {"mha": None, "gqa": 2, "mqa": 1}
@@ -414,8 +414,8 @@ def test_fsdp_memory_divides_the_model_state_by_the_process_count():
 
 
 def test_ablate_model_prints_memory_per_gpu_and_refuses_a_bad_count():
-    out = run_cli("ablate.plan.model", "model=llama2", "micro_batch=2", "gpus=4")
+    out = cli_in_process("ablate.plan.model", "model=llama2", "micro_batch=2", "gpus=4")
     assert "micro_batch 2 x 256 tokens on 4 GPUs" in out.stdout
     assert [line.split()[0] for line in out.stdout.splitlines()[-2:]] == ["ddp", "fsdp"]
-    out = run_cli("ablate.plan.model", "gpus=0", check=False)
+    out = cli_in_process("ablate.plan.model", "gpus=0", check=False)
     assert out.returncode == 2 and "gpus" in out.stderr and "positive integer" in out.stderr

@@ -15,7 +15,7 @@ from ablate.model import Transformer
 from ablate.train.devices import compile_blocks, is_compiled, uncompile_blocks
 from ablate.train.optimizer import build_optimizer, step_unless_not_finite
 
-from conftest import rewound, run_cli, tiny_overrides
+from conftest import cli_in_process, rewound, run_cli, tiny_overrides
 
 COMMON = ("train.tokens=20480", "train.micro_batch=4")  # 20 steps of 16 sequences; checkpoints at 10 and 20
 PORTS = iter(range(29531, 29560))
@@ -32,7 +32,7 @@ def summary(run: Path) -> dict:
 def train(cache_dir: Path, results: Path, name: str, processes: int, *extra: str) -> Path:
     args = tiny_overrides(cache_dir, results, f"run_name={name}", *COMMON, *extra)
     if processes == 1:
-        run_cli("ablate.train", *args)
+        cli_in_process("ablate.train", *args)
     else:
         run_cli("torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={next(PORTS)}",
                 "-m", "ablate.train", *args, env={"OMP_NUM_THREADS": "1"})
@@ -77,7 +77,7 @@ def test_fsdp_and_ddp_on_two_processes_match_one_and_sharded_checkpoints_resume_
         assert s["val_loss"] == pytest.approx(summary(straight)["val_loss"], rel=1e-4)
 
     # a sharded checkpoint is evaluated in one process like any other
-    run_cli("ablate.evaluate", f"run={fsdp}", "suite=extrapolation")
+    cli_in_process("ablate.evaluate", f"run={fsdp}", "suite=extrapolation")
     provenance = json.loads((fsdp / "eval" / "extrapolation.json").read_text())["provenance"]
     assert provenance["checkpoint"].endswith("step_00000020") and provenance["final"]
     # a sharded model does not read a single-file checkpoint: one line says what to do

@@ -14,7 +14,7 @@ from ablate.config import RunConfig
 from ablate.evaluate import parse as parse_eval
 from ablate.run.lifecycle import for_train
 
-from conftest import ROOT, plan_in_process, run_cli
+from conftest import ROOT, cli_in_process, plan_in_process
 
 PLACEHOLDER = re.compile(r"[\[<]|\b[A-Z]{1,}\b(?!=)")  # [OPTIONS], <run>, NAME, PATH, X
 
@@ -66,7 +66,7 @@ def test_readme_command_composes(command, tmp_path, request):
 
         key_values(args, export.ARGUMENTS)
     elif name == "ablate-model":
-        run_cli("ablate.plan.model", *args)
+        cli_in_process("ablate.plan.model", *args)
     elif name == "ablate-coord-check":
         from ablate.plan import coord_check
 
@@ -95,6 +95,6 @@ def test_the_readme_shows_what_ablate_model_prints():
                 if "memory/GPU" in shown]
     assert len(examples) >= 2
     for command, shown in examples:
-        out = run_cli("ablate.plan.model", *shlex.split(command)[1:]).stdout
+        out = cli_in_process("ablate.plan.model", *shlex.split(command)[1:]).stdout
         for line in shown.splitlines():
             assert line in out.splitlines(), (command, line)

@@ -197,7 +197,7 @@ def test_chance_groups_and_averages(tmp_path):
 
 def test_report_of_a_real_sweep(cache_dir, tmp_path):
     cli_in_process("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true", "eval=probes",
-            "eval.probe_items=40", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"))
+                   "eval.probe_items=40", *tiny_overrides(cache_dir, tmp_path, "train.tokens=8192"))
     out = cli_in_process("ablate.report", "experiment=default", f"results_dir={tmp_path}")
     assert out.stdout.startswith("# default: 2 variants") and "## Verdict" in out.stdout
     assert "agreement acc (chance 0.500" in out.stdout
@@ -271,7 +271,7 @@ def test_marks_on_real_runs_null_and_width(cache_dir, tmp_path):
     difference is marked (paired over replicates)."""
     def sweep(name: str, *args: str) -> None:
         cli_in_process("ablate.train", "-m", *tiny_overrides(cache_dir, tmp_path / name, "train.tokens=20480",
-                                                      "train.eval_every=0", *args))
+                                                             "train.eval_every=0", *args))
 
     sweep("same", "seed=0,1,2")
     sweep("same", "optim.eps=1.1e-8", "seed=3,4,5")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, run_cli, tiny_overrides
 
 
 def _slurm_up() -> bool:
@@ -84,9 +84,9 @@ def test_jobs_that_train_and_evaluate_end_on_slurm(cache_dir, tmp_path):
 
 
 def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
-    common = ("train.tokens=409600", "train.checkpoint_every=50", "train.threads=1", "train.log_every=50",
+    common = ("train.tokens=204800", "train.checkpoint_every=50", "train.threads=1", "train.log_every=50",
               "train.eval_every=0")
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *common))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *common))
     # it logs to TensorBoard and W&B (offline) as well: one tracker run across the requeue
     watch = ("train.loggers=[jsonl,tensorboard,wandb]", "train.wandb_mode=offline")
     args = ["-m", "hydra/launcher=slurm", "run_name=requeued",
@@ -103,7 +103,7 @@ def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
     output, _ = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, output[-3000:]
     s, straight = _summary(run), _summary(tmp_path / "default" / "straight")
-    assert s["status"] == "completed" and s["steps_total"] == 400
+    assert s["status"] == "completed" and s["steps_total"] == 200
     assert (s["train_loss"], s["val_loss"]) == (straight["train_loss"], straight["val_loss"])
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in shown, "the job really was requeued"
@@ -114,7 +114,7 @@ def test_requeued_job_resumes_to_the_same_loss(cache_dir, tmp_path):
 
     events = EventAccumulator(str(tmp_path / "default" / "tensorboard" / "requeued"))
     events.Reload()
-    assert [e.step for e in events.Scalars("loss")] == list(range(50, 401, 50))  # each step once
+    assert [e.step for e in events.Scalars("loss")] == list(range(50, 201, 50))  # each step once
 
 
 def test_bad_sweep_queues_nothing(cache_dir, tmp_path):
@@ -130,7 +130,7 @@ def test_bad_sweep_queues_nothing(cache_dir, tmp_path):
 def test_sbatch_template_checkpoints_and_requeues_on_signal(cache_dir, tmp_path):
     """slurm/train.sbatch (torchrun): SIGUSR2 to the batch shell, as Slurm sends before the time
     limit -> ablate checkpoints and exits -> the job requeues itself and resumes to completion."""
-    args = tiny_overrides(cache_dir, tmp_path, "run_name=sig", "train.tokens=409600", "train.threads=1",
+    args = tiny_overrides(cache_dir, tmp_path, "run_name=sig", "train.tokens=204800", "train.threads=1",
                           "train.checkpoint_every=50", "train.eval_every=0", "train.log_every=50")
     job = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G",
                           f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "train.sbatch"), *args],

@@ -7,7 +7,7 @@ import json
 import re
 import shlex
 
-from conftest import cli_in_process, run_cli, tiny_overrides
+from conftest import cli_in_process, tiny_overrides
 
 
 def statuses(plan: str) -> list[str]:
@@ -40,8 +40,8 @@ def test_plan_then_sweep_then_nothing_left(cache_dir, tmp_path):
 
 
 def test_one_bad_job_stops_the_sweep_before_anything_runs(cache_dir, tmp_path):
-    out = run_cli("ablate.train", "-m", "model.attention.n_kv_heads=1,3", *tiny_overrides(cache_dir, tmp_path),
-                  check=False)
+    out = cli_in_process("ablate.train", "-m", "model.attention.n_kv_heads=1,3", *tiny_overrides(cache_dir, tmp_path),
+                         check=False)
     assert out.returncode == 2 and "model.attention.n_kv_heads=3: must divide n_heads=4" in out.stderr
     assert "Traceback" not in out.stderr
     assert "nothing was launched" in out.stderr and not (tmp_path / "default").exists()
@@ -66,7 +66,7 @@ def test_a_rerun_sweep_only_evaluates_what_is_missing(cache_dir, tmp_path):
 
 def test_an_unknown_eval_task_stops_the_sweep_before_anything_runs(cache_dir, tmp_path):
     out = cli_in_process("ablate.train", "-m", "model/position=rope,alibi", "train.eval_at_end=true",
-                  "+eval.suites.mine.tasks=[hellaswg]", *tiny_overrides(cache_dir, tmp_path), check=False)
+                         "+eval.suites.mine.tasks=[hellaswg]", *tiny_overrides(cache_dir, tmp_path), check=False)
     assert out.returncode != 0 and "eval task='hellaswg': unknown" in out.stderr and "hellaswag" in out.stderr
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "nothing was launched" in out.stderr
@@ -76,7 +76,7 @@ def test_an_unknown_eval_task_stops_the_sweep_before_anything_runs(cache_dir, tm
 def test_plan_without_multirun_plans_and_trains_nothing(tmp_path):
     """`ablate-train plan=true` (or `--plan`) without -m is the plan of that one job, never a run."""
     for i, flag in enumerate(("plan=true", "--plan")):
-        out = run_cli("ablate.train", flag, f"results_dir={tmp_path / str(i)}")
+        out = cli_in_process("ablate.train", flag, f"results_dir={tmp_path / str(i)}")
         assert "1 jobs" in out.stdout and "to run: 1 jobs" in out.stdout
         run = tmp_path / str(i) / "default" / "default-rope-mha-rmsnorm-pre-swiglu-s0"
         assert not run.exists() or not any(run.iterdir())

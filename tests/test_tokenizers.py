@@ -12,14 +12,15 @@ import pytest
 from ablate.data.tokens import Tokenizer
 from ablate.tokenizer_study import builtin_sample, mix, rule_decision, split
 
-from conftest import ROOT, cli_in_process, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, tiny_overrides
 
 MANPAGES = ROOT.parent / "shared" / "data" / "text" / "multilingual"
 COLUMNS = ["language", "vocab_size", "fertility_multilingual", "fertility_monolingual", "ratio", "breaks_rule"]
 
 
 def test_the_study_on_the_builtin_sample(tmp_path):
-    out = run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.3", "vocab_sizes=[512,4096]")
+    out = cli_in_process("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.3",
+                         "vocab_sizes=[512,4096]")
     where = tmp_path / "tokenizers" / "builtin"
     table = pd.read_csv(where / "fertility.csv")
     assert set(COLUMNS) <= set(table.columns) and (where / "fertility.png").stat().st_size > 1000
@@ -56,10 +57,11 @@ def test_the_study_on_the_builtin_sample(tmp_path):
 def test_the_rule_is_decided_on_the_interval_and_a_pretrained_baseline_can_be_given(tmp_path):
     assert rule_decision(1.12, 1.30, 1.10) == "yes" and rule_decision(0.95, 1.10, 1.10) == "no"
     assert rule_decision(1.05, 1.15, 1.10) == "undecided"  # a point estimate of 1.12 would have said yes
-    run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.2", "vocab_sizes=[512]", "name=a")
+    cli_in_process("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.2", "vocab_sizes=[512]",
+                   "name=a")
     baseline = tmp_path / "tokenizers" / "a" / "tokenizers" / "multilingual-512.json"
-    run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.2", "vocab_sizes=[512]", "name=b",
-            f"baselines={{greek: {baseline}}}")
+    cli_in_process("ablate.tokenizer_study", f"results_dir={tmp_path}", "builtin_scale=0.2", "vocab_sizes=[512]",
+                   "name=b", f"baselines={{greek: {baseline}}}")
     table = pd.read_csv(tmp_path / "tokenizers" / "b" / "fertility.csv").set_index("language")
     # greek measured with the given tokenizer (here the multilingual one itself: a ratio of exactly 1)
     assert table.loc["greek", "monolingual"] == str(baseline) and table.loc["greek", "ratio"] == 1.0
@@ -77,19 +79,19 @@ def test_the_mix_follows_the_exponent():
 
 
 def test_a_missing_corpus_is_one_line_and_writes_nothing(tmp_path):
-    out = run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "name=bad",
-                  "corpora={en: {paths: [/nowhere/en.txt]}}", check=False)
+    out = cli_in_process("ablate.tokenizer_study", f"results_dir={tmp_path}", "name=bad",
+                         "corpora={en: {paths: [/nowhere/en.txt]}}", check=False)
     assert out.returncode == 2 and "corpora.en.paths" in out.stderr and "matches no file" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tokenizers" / "bad" / "fertility.csv").exists()
-    out = run_cli("ablate.tokenizer_study", f"results_dir={tmp_path}", "vocab_sizes=[100]", check=False)
+    out = cli_in_process("ablate.tokenizer_study", f"results_dir={tmp_path}", "vocab_sizes=[100]", check=False)
     assert out.returncode == 2 and "vocab_sizes" in out.stderr
 
 
 @pytest.mark.skipif(not MANPAGES.is_dir(), reason="../shared/data/text/multilingual is not here")
 def test_the_study_on_fifteen_languages(tmp_path):
-    run_cli("ablate.tokenizer_study", "+study=manpages", f"data_dir={MANPAGES}", f"results_dir={tmp_path}",
-            "vocab_sizes=[4096]", "max_bytes=200000")
+    cli_in_process("ablate.tokenizer_study", "+study=manpages", f"data_dir={MANPAGES}", f"results_dir={tmp_path}",
+                   "vocab_sizes=[4096]", "max_bytes=200000")
     table = pd.read_csv(tmp_path / "tokenizers" / "manpages" / "fertility.csv")
     assert len(table) == 15 and set(table[table.language == "ja"].unit) == {"character"}
     assert (table.fertility_monolingual > 1).sum() == 14  # whitespace words take more than one token

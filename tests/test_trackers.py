@@ -44,7 +44,7 @@ def test_trackers_keep_one_run_across_a_kill_and_resume(cache_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first_id = json.loads((run / "trackers.json").read_text())["id"]
-    run_cli("ablate.train", *args)
+    cli_in_process("ablate.train", *args)
     assert json.loads((run / "summary.json").read_text())["attempts"][0]["status"] == "killed"
     assert json.loads((run / "trackers.json").read_text())["id"] == first_id
     # W&B: every attempt wrote an offline run with the same id (wandb sync merges them into one run)

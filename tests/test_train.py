@@ -18,7 +18,7 @@ from ablate.model import Transformer
 from ablate.naming import run_name
 from ablate.train.optimizer import build_optimizer, lr_at
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, cli_in_process, tiny_overrides
 
 TIMING = ("tokens_per_s", "elapsed_s")
 
@@ -36,7 +36,7 @@ def summary(run: Path) -> dict:
 
 
 def test_trains_with_falling_loss(cache_dir, tmp_path):
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tiny"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tiny"))
     run = tmp_path / "default" / "tiny"
     s = summary(run)
     assert s["status"] == "completed" and s["step"] == s["steps_total"] == 40 and s["tokens_seen"] == 40960
@@ -51,7 +51,7 @@ def test_trains_with_falling_loss(cache_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000030.pt", "step_00000040.pt"]
     # started again: completed runs are skipped, nothing is rewritten
     before = (run / "metrics.jsonl").read_text()
-    out = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tiny"))
+    out = cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tiny"))
     assert "already completed" in out.stderr + out.stdout and (run / "metrics.jsonl").read_text() == before
 
 
@@ -63,7 +63,7 @@ def _yaml(path: Path) -> dict:
 
 def test_resume_after_sigkill_is_bit_exact(cache_dir, tmp_path):
     extra = ("train.tokens=122880", "train.checkpoint_every=20")  # 120 steps
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *extra))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=straight", *extra))
     args = tiny_overrides(cache_dir, tmp_path, "run_name=killed", *extra)
     proc = subprocess.Popen([sys.executable, "-m", "ablate.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -75,7 +75,7 @@ def test_resume_after_sigkill_is_bit_exact(cache_dir, tmp_path):
     proc.wait()
     killed = tmp_path / "default" / "killed"
     assert summary(killed)["status"] == "running", "the kill must land mid-run"
-    run_cli("ablate.train", *args)
+    cli_in_process("ablate.train", *args)
     straight = tmp_path / "default" / "straight"
     assert without_timing(metrics(killed)) == without_timing(metrics(straight))
     a, b = summary(killed), summary(straight)
@@ -98,17 +98,17 @@ def test_sigterm_checkpoints_exits_and_resumes(cache_dir, tmp_path):
     name = f"step_{s['step']:08d}"
     assert (run / "checkpoints" / f"{name}.pt").exists()  # written on the signal, off schedule
     # an unfinished run has no final model: ablate-eval says so, and measures a checkpoint only when named
-    out = run_cli("ablate.evaluate", f"run={run}", "suite=extrapolation", check=False)
+    out = cli_in_process("ablate.evaluate", f"run={run}", "suite=extrapolation", check=False)
     assert out.returncode == 2 and f"is interrupted at step {s['step']} of 200" in out.stderr
     assert f"checkpoint={name}.pt" in out.stderr and not (run / "eval").exists()
-    out = run_cli("ablate.evaluate", f"run={run}", f"checkpoint={name}.pt", "suite=extrapolation")
+    out = cli_in_process("ablate.evaluate", f"run={run}", f"checkpoint={name}.pt", "suite=extrapolation")
     assert "not the final model" in out.stderr
     early = json.loads((run / "eval" / name / "extrapolation.json").read_text())
     assert early["provenance"]["step"] == s["step"] and not early["provenance"]["final"]
-    run_cli("ablate.train", *args)
+    cli_in_process("ablate.train", *args)
     assert summary(run)["status"] == "completed" and [r["step"] for r in metrics(run)] == list(range(1, 201))
     # the evaluation of the interrupted model is listed as stale, never reported next to the final loss
-    out = run_cli("ablate.report", f"path={run.parent}")
+    out = cli_in_process("ablate.report", f"path={run.parent}")
     assert f"eval/{name}/extrapolation.json: it measured step {s['step']}; the run ended at step 200" in out.stderr
     assert "extrapolation" not in (run.parent / "report" / "table.csv").read_text()
 
@@ -116,7 +116,7 @@ def test_sigterm_checkpoints_exits_and_resumes(cache_dir, tmp_path):
 def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     args = tiny_overrides(cache_dir, tmp_path, "run_name=nan", "optim.lr=1e6", "optim.grad_clip=0",
                           "train.checkpoint_every=2")
-    run_cli("ablate.train", *args)
+    cli_in_process("ablate.train", *args)
     run = tmp_path / "default" / "nan"
     s = summary(run)
     assert s["status"] == "diverged" and s["diverged_at_step"] == s["step"] and s["step"] < 40
@@ -127,13 +127,13 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
     assert metrics(run)[-1]["loss"] in ("nan", "inf")
     # started again (a re-run sweep, a requeue): the run stays diverged, its record untouched
     before = (run / "metrics.jsonl").read_text()
-    out = run_cli("ablate.train", *args)
+    out = cli_in_process("ablate.train", *args)
     assert "stays diverged" in out.stdout + out.stderr
     assert (run / "metrics.jsonl").read_text() == before and summary(run) == s
-    plan = run_cli("ablate.train", "-m", *args, "--plan")
+    plan = cli_in_process("ablate.train", "-m", *args, "--plan")
     assert "diverged (kept)" in plan.stdout and "to run: 0 jobs" in plan.stdout
     # a retry when asked for: from the last good checkpoint, every attempt kept
-    run_cli("ablate.train", *args, "train.retry_diverged=true")
+    cli_in_process("ablate.train", *args, "train.retry_diverged=true")
     again = summary(run)
     assert again["attempts"] == [{"status": "diverged", "step": s["step"], "diverged_at_step": s["diverged_at_step"]}]
     assert (run / "metrics.attempt1.jsonl").read_text() == before
@@ -141,11 +141,11 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path):
 
 
 def test_a_different_config_refuses_the_run_dir(cache_dir, tmp_path):
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=same", "train.tokens=10240"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=same", "train.tokens=10240"))
     run = tmp_path / "default" / "same"
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    out = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=same", "train.tokens=10240",
-                                                  "model.n_layers=3"), check=False)
+    out = cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=same", "train.tokens=10240",
+                                                         "model.n_layers=3"), check=False)
     assert out.returncode != 0
     assert "model.n_layers: 2 -> 3" in out.stderr and "run_name=" in out.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "train.log"} == {
@@ -153,14 +153,14 @@ def test_a_different_config_refuses_the_run_dir(cache_dir, tmp_path):
 
 
 def test_bad_config_fails_before_anything_is_written(cache_dir, tmp_path):
-    out = run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=bad", "train.batch_tokens=1000"),
-                  check=False)
+    out = cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=bad",
+                                                         "train.batch_tokens=1000"), check=False)
     assert out.returncode != 0 and "train.batch_tokens=1000: must be a multiple of seq_len=64" in out.stderr
     assert not (tmp_path / "default" / "bad" / "config.yaml").exists()
 
 
 def test_cfg_job_shows_the_composed_config():
-    out = run_cli("ablate.train", "model=gemma2", "model/position=alibi", "--cfg", "job")
+    out = cli_in_process("ablate.train", "model=gemma2", "model/position=alibi", "--cfg", "job")
     assert "kind: alibi" in out.stdout and "softcap: 50.0" in out.stdout and "tokens: 1500000" in out.stdout
 
 
@@ -175,7 +175,7 @@ def test_run_names_say_the_variant_and_seed():
 
 def test_automatic_run_dir(cache_dir, tmp_path):
     args = tiny_overrides(cache_dir, tmp_path, "train.tokens=10240", "model/position=alibi", "seed=3")
-    run_cli("ablate.train", *args)
+    cli_in_process("ablate.train", *args)
     (run,) = (tmp_path / "default").iterdir()
     # the preset and axes, then overrides; too long, the earliest give way to a hash of the whole
     assert run.name == "default-alibi-mha-rmsnorm-pre-swiglu-~2ab0afe1-warmup_steps=5-precision=fp32-s3"
@@ -220,8 +220,8 @@ def test_lr_schedule():
 
 def test_bf16_autocast_on_cpu(cache_dir, tmp_path):
     for precision in ("bf16", "fp32"):
-        run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, f"run_name={precision}",
-                                                f"train.precision={precision}", "train.tokens=10240"))
+        cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, f"run_name={precision}",
+                                                       f"train.precision={precision}", "train.tokens=10240"))
     bf16, fp32 = summary(tmp_path / "default" / "bf16"), summary(tmp_path / "default" / "fp32")
     assert bf16["status"] == "completed" and math.isfinite(bf16["val_loss"])
     assert (bf16["precision"], fp32["precision"]) == ("bf16", "fp32")  # what the run used, not what was asked
@@ -230,7 +230,7 @@ def test_bf16_autocast_on_cpu(cache_dir, tmp_path):
 
 
 def test_prepare_then_train_with_a_tokenizer_file(cache_dir, tmp_path):
-    out = run_cli("ablate.train.prepare_data", *tiny_overrides(cache_dir, tmp_path))
+    out = cli_in_process("ablate.train.prepare_data", *tiny_overrides(cache_dir, tmp_path))
     assert "training and 2,048 validation tokens" in out.stdout
     from ablate.data.synthetic import documents
     from ablate.data.tokens import train_bpe
@@ -238,8 +238,8 @@ def test_prepare_then_train_with_a_tokenizer_file(cache_dir, tmp_path):
     tokenizer_json = tmp_path / "small" / "tokenizer.json"  # 300 ids, where data.vocab_size asks BPE for 512
     tokenizer_json.parent.mkdir()
     train_bpe(documents(0, 20_000), 300, tokenizer_json)
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tokfile", "train.tokens=10240",
-                                            f"data.tokenizer={tokenizer_json}"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "run_name=tokfile", "train.tokens=10240",
+                                                   f"data.tokenizer={tokenizer_json}"))
     run = tmp_path / "default" / "tokfile"
     assert summary(run)["status"] == "completed"
     assert _yaml(run / "config.yaml")["model"]["vocab_size"] == 320  # 300, padded to a multiple of 64
@@ -262,7 +262,7 @@ def test_unreadable_checkpoint_is_moved_aside_and_the_one_before_used(cache_dir,
     assert summary(run)["status"] == "interrupted" and len(saved) >= 2
     torn = saved[-1]
     torn.write_bytes(torn.read_bytes()[:1000])  # a copy cut short
-    out = run_cli("ablate.train", *args)
+    out = cli_in_process("ablate.train", *args)
     log = out.stdout + out.stderr
     assert "moved aside" in log and f"resuming {run} from step {int(saved[-2].stem[5:])}" in log
     assert (torn.parent / f"{torn.name}.unreadable").exists()  # kept, never deleted
@@ -270,7 +270,7 @@ def test_unreadable_checkpoint_is_moved_aside_and_the_one_before_used(cache_dir,
     # a corrupt final checkpoint: every command that reads it says so in one line
     (run / "checkpoints" / "step_00000200.pt").write_bytes(b"not a checkpoint")
     for module, extra in (("ablate.evaluate", ["suite=extrapolation"]), ("ablate.evaluate.export", [])):
-        out = run_cli(module, f"run={run}", *extra, check=False)
+        out = cli_in_process(module, f"run={run}", *extra, check=False)
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert len(errors) == 1 and "step_00000200.pt is not a readable checkpoint" in errors[0]
@@ -293,8 +293,8 @@ def test_precision_is_used_and_recorded(cache_dir, tmp_path):
 
     losses, used = {}, {}
     for precision in ("fp32", "bf16", "auto"):
-        run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", f"run_name={precision}",
-                                                f"train.precision={precision}"))
+        cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096",
+                                                       f"run_name={precision}", f"train.precision={precision}"))
         used[precision] = summary(tmp_path / "default" / precision)["precision"]
         losses[precision] = [m["loss"] for m in metrics(tmp_path / "default" / precision)]
     assert used["fp32"] == "fp32" and used["bf16"] == "bf16" and losses["fp32"] != losses["bf16"]
@@ -310,13 +310,13 @@ def test_mfu_is_logged_against_a_stated_peak_and_never_guessed_on_cpu(cache_dir,
     assert lookup("NVIDIA H100 80GB HBM3") == 989.4 and lookup("NVIDIA H100 PCIe") == 756.0
     assert lookup("NVIDIA A100-SXM4-40GB") == 312.0 and lookup("NVIDIA GeForce GTX 1080") is None
     assert mfu(6e9, 1000.0, 989.4, world_size=2) == pytest.approx(6e12 / (2 * 989.4e12))
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "run_name=peak",
-                                            "train.peak_tflops=0.05"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "run_name=peak",
+                                                   "train.peak_tflops=0.05"))
     s = summary(tmp_path / "default" / "peak")
     assert s["peak_tflops"] == 0.05 and s["mfu"] == pytest.approx(s["flops_per_token"] * s["tokens_per_s"] / 0.05e12)
     lines = metrics(tmp_path / "default" / "peak")
     assert all(m["mfu"] == pytest.approx(s["flops_per_token"] * m["tokens_per_s"] / 0.05e12, rel=1e-3) for m in lines)
-    run_cli("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "run_name=cpu"))
+    cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "train.tokens=4096", "run_name=cpu"))
     plain = summary(tmp_path / "default" / "cpu")
     assert plain["peak_tflops"] is None and plain["mfu"] is None
     assert all("mfu" not in m for m in metrics(tmp_path / "default" / "cpu"))
