@@ -140,6 +140,8 @@ def cli_in_process(module: str, *args: str, check: bool = True) -> subprocess.Co
             warnings.simplefilter("default")
             for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
                 warnings.simplefilter("ignore", quiet)
+            # runpy's note that the module was imported before (by an earlier test), which `-m` never meets
+            warnings.filterwarnings("ignore", r".* found in sys\.modules after import of package", RuntimeWarning)
             try:
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
             except SystemExit as stop:
