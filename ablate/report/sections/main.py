@@ -52,7 +52,10 @@ def plot_loss(ctx: Context):
         ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2)
     per_token = " per token (tokenizers differ: not comparable)" if ctx.analysis.tokenizers else ""
     ax.set(xlabel="tokens", ylabel="training loss", title=f"Loss{per_token} (mean, band: min-max over runs)")
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:  # runs collected from summaries alone (metrics.jsonl gone or never copied)
+        ax.text(0.5, 0.5, "no run has a training curve (metrics.jsonl)", ha="center", transform=ax.transAxes)
     return save(fig, ctx.out / "loss.png", ctx.note)
 
 
