@@ -1,5 +1,6 @@
-"""The package's contracts with its installers and its own layers: every third-party import is
-declared in pyproject.toml, and no module imports from a phase above its own."""
+"""The package's contracts with its installers and its own layers: every third-party import (of the
+package, its benchmarks and its tests) is declared in pyproject.toml, and no module imports from a
+phase above its own."""
 
 import ast
 import re
@@ -31,9 +32,10 @@ def declared() -> set[str]:
 
 def test_every_third_party_import_is_declared():
     owners = packages_distributions()
-    modules = [*(ROOT / "ablate").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]
+    modules = [path for d in ("ablate", "hydra_plugins", "bench", "tests") for path in (ROOT / d).rglob("*.py")]
     top = {name.split(".")[0] for path in modules for name in imports(path)}
-    third = sorted(t for t in top if t not in sys.stdlib_module_names and t not in ("ablate", "hydra_plugins"))
+    ours = ("ablate", "hydra_plugins", "conftest")  # and the tests' own modules, test_*
+    third = sorted(t for t in top if t not in sys.stdlib_module_names and t not in ours and not t.startswith("test_"))
     assert "scipy" in third and "yaml" in third  # the walk sees the imports
     missing = {t: owners.get(t, [t]) for t in third
                if not any(d.lower().replace("_", "-") in declared() for d in owners.get(t, [t]))}
