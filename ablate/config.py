@@ -389,6 +389,7 @@ class EvalConfig:
     probe_items: int = 500  # items per probe task
     probe_seed: int = 1234  # probes come from another seed than training text
     extrapolation_tokens: int = 65_536  # held-out tokens scored at each length
+    device: str = "auto"  # auto: a GPU when one is visible, else the CPU | cpu | cuda
 
 
 @dataclass

@@ -19,7 +19,8 @@
 #                AdamW): RoPE, and Gemma 2 (sliding windows and soft-caps through flex), each run's
 #                tokens/s, MFU and whether torch.compile fell back to eager
 #   resume       a run stopped by SIGTERM after its first checkpoint and started again completes
-#   eval         ablate-eval on the GPU (the extrapolation suite; skipped without lm-eval)
+#   eval         ablate-eval on the GPU (eval.device=auto; the extrapolation suite; skipped without
+#                lm-eval), and the device its provenance records
 # FSDP and DDP need two GPUs or more (NCCL puts one process on each): with one GPU they are not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -127,7 +128,11 @@ if "$python" -c "import lm_eval" 2>/dev/null; then
     if want eval && [ ! -e "$work/results/default/rope/summary.json" ]; then  # the run it evaluates
         timeout 240 "$python" -m ablate.train "${common[@]}" run_name=rope >>"$out/train.log" 2>&1
     fi
-    step eval 180 "$python" -m ablate.evaluate run="$work/results/default/rope" suite=extrapolation
+    step eval 180 "$python" -m ablate.evaluate run="$work/results/default/rope" suite=extrapolation &&
+        want eval && "$python" -c "
+import json, sys
+print('  evaluated on', json.load(open(sys.argv[1]))['provenance']['device'])
+" "$work/results/default/rope/eval/extrapolation.json" >>"$summary" 2>&1
 elif want eval; then
     echo "eval         skipped: lm-eval is not installed (bench/offline_wheels.py fetches it)" | tee -a "$summary"
 fi

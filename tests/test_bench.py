@@ -40,5 +40,6 @@ def test_gpu_check_runs_every_step_on_a_cpu(tmp_path):
                      ("train", "ok"), ("train", "ok"), ("resume", "ok"), ("eval", "ok")], summary
     assert re.search(r"^  rope +completed +cpu", summary, re.M) and re.search(r"^  gemma2 +completed", summary, re.M)
     assert re.search(r"resumed completed after \['interrupted at step \d+'\]", summary)
+    assert "  evaluated on cpu\n" in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_train.log", "eval.log", "gpu.log", "resume.log",
                                                           "summary.txt", "train.log"]

@@ -101,6 +101,7 @@ def test_ablate_eval_writes_lm_eval_results(trained):
     assert p["checkpoint"] == "checkpoints/step_00000080.pt" and p["step"] == summary["step"] == 80
     assert p["tokens"] == summary["tokens_seen"] and p["final"] and p["run_status"] == "completed"
     assert p["config_hash"] == RunDir(trained).config_hash() and p["ablate_version"] == ablate.__version__
+    assert p["device"] == "cpu" or (torch.cuda.is_available() and p["device"].startswith("cuda ("))  # auto
     extra = json.loads((trained / "eval" / "extrapolation.json").read_text())
     lengths = [r["seq_len"] for r in extra["results"].values()]
     assert lengths == [32, 64, 128, 256, 512]
@@ -208,6 +209,14 @@ def test_errors_name_what_exists(trained, tmp_path):
     out = cli_in_process("ablate.evaluate", f"run={trained}", "eval.local_data.piqa=/no/such.jsonl", "tasks=piqa",
                          check=False)
     assert out.returncode == 2 and "eval.local_data.piqa='/no/such.jsonl': no such file" in out.stderr
+    # a device: a choice, and a GPU only where one is visible; refused before any run is read
+    before = sorted(p.name for p in (trained / "eval").iterdir()) if (trained / "eval").exists() else []
+    out = cli_in_process("ablate.evaluate", f"run={trained}", "eval.device=gpu", check=False)
+    assert out.returncode == 2 and "eval.device='gpu': unknown choice (valid: auto, cpu, cuda)" in out.stderr
+    if not torch.cuda.is_available():
+        out = cli_in_process("ablate.evaluate", f"run={trained}", "eval.device=cuda", check=False)
+        assert out.returncode == 2 and "eval.device='cuda': no CUDA device is visible (valid: auto, cpu)" in out.stderr
+    assert (sorted(p.name for p in (trained / "eval").iterdir()) if (trained / "eval").exists() else []) == before
 
 
 def test_export_only_what_transformers_implements(cache_dir, tmp_path):

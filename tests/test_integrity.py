@@ -376,6 +376,9 @@ def test_mistakes_on_the_command_line_are_one_line_and_write_nothing(cache_dir, 
     line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path,
                                                                           "train.batch_tokens=1000"), check=False))
     assert "must be a multiple of seq_len" in line
+    line = _one_error_line(cli_in_process("ablate.train", *tiny_overrides(cache_dir, tmp_path, "eval.device=gpu"),
+                                          check=False))
+    assert "eval.device='gpu': unknown choice (valid: auto, cpu, cuda)" in line
     assert not (tmp_path / "default").exists()  # no run directory, no .hydra skeleton, for any of them
 
 

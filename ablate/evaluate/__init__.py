@@ -84,9 +84,10 @@ def _evaluate_held(run: RunDir, eval_cfg: EvalConfig | None, checkpoint: str | P
         log.warning("%s: evaluating %s, not the final model of a completed run (the run is %s); the results go "
                     "to %s/ and ablate-report lists them as stale", run.path, loaded.checkpoint.name, run.status(),
                     run.eval_file("-", step).parent)
-    provenance = run.provenance(loaded.checkpoint, loaded.step, loaded.tokens)
+    device = eval_device(eval_cfg.device)
+    provenance = {**run.provenance(loaded.checkpoint, loaded.step, loaded.tokens), "device": describe(device)}
     lm = AblateLM(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=eval_cfg.batch_size,
-                  max_length=loaded.cfg.seq_len)
+                  max_length=loaded.cfg.seq_len, device=str(device))
     written = {}
     for name, suite in eval_cfg.suites.items():
         log.info("evaluating %s on %s", run.path, name)
@@ -396,6 +397,21 @@ def prefetch(eval_cfg: EvalConfig) -> list[str]:
     return tasks
 
 
+def eval_device(setting: str) -> torch.device:
+    """Where an evaluation runs: eval.device=auto takes a GPU when one is visible, else the CPU (in
+    fp32 either way, without autocast)."""
+    if setting not in ("auto", "cpu", "cuda"):
+        raise ConfigError("eval.device", setting, "unknown choice", valid=["auto", "cpu", "cuda"])
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("eval.device", setting, "no CUDA device is visible", valid=["auto", "cpu"])
+    return torch.device("cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def describe(device: torch.device) -> str:
+    """`cpu`, or `cuda (NVIDIA H100 80GB HBM3)`: what an evaluation's provenance records."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
+
 # ---- command line -------------------------------------------------------------------------------
 def parse(argv: list[str]) -> tuple[dict[str, Any], EvalConfig]:
     """key=value arguments: run=, checkpoint=, experiment=, results_dir=, suite= (or eval=), tasks=,
@@ -456,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         opts, eval_cfg = parse(argv)
+        eval_device(eval_cfg.device)  # before any run is read
         if opts["prefetch"]:
             print("cached:", ", ".join(prefetch(eval_cfg)))
             return 0

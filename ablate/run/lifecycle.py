@@ -25,6 +25,7 @@ from ablate.registry import ConfigError
 
 PHASES = ("plan", "train", "load")
 LOGGERS = ("jsonl", "tensorboard", "wandb", "trackio")
+EVAL_DEVICES = ("auto", "cpu", "cuda")
 # the fields a ladder's rung sets: they differ between rungs by design, never between the arms of one
 RUNG_FIELDS = ("ladder.size", "model.dim", "model.attention.n_heads", "model.n_layers", "train.tokens")
 
@@ -80,6 +81,8 @@ def for_load(cfg: RunConfig) -> RunConfig:
 
     derive(cfg)
     cfg.validate()
+    if cfg.eval.device not in EVAL_DEVICES:
+        raise ConfigError("eval.device", cfg.eval.device, "unknown choice", valid=EVAL_DEVICES)
     check_model(cfg.model, "model")
     check_data(cfg.data, "data")
     return cfg
