@@ -38,13 +38,18 @@ def choice(key: str, value: Any, cfg: Mapping[str, Any] | None = None) -> str:
     (`model/position`) and its value; `cfg`, the flattened config, supplies what a name needs
     besides the value (the number of query heads that makes n_kv_heads an attention family).
     A group's option and a named kind are themselves (alibi, sandwich); kv heads are the family
-    (mha, gqa2, mqa); a flag is its name or `no <name>`; anything else is last-part=value, the value
-    shortened when it is long or holds a path (name_value)."""
+    (mha, gqa2, mqa, or mla under a latent rank, which a label gives beside it); a flag is its
+    name or `no <name>`; anything else is last-part=value, the value shortened when it is long or
+    holds a path (name_value)."""
     last = key.rsplit(".", 1)[-1]
     if "/" in key or "." not in key:  # a Hydra group (model, model/position): every field is dotted
         return str(value)
     if last == "n_kv_heads" and (cfg or {}).get("model.attention.n_heads") is not None:
-        return attention_family(cfg["model.attention.n_heads"], value)
+        latent = cfg.get("model.attention.kv_lora_rank") is not None
+        return "mla" if latent else attention_family(cfg["model.attention.n_heads"], value)
+    if last == "kv_lora_rank" and (cfg or {}).get("model.attention.n_heads") is not None:  # in a label
+        family = choice("model.attention.n_kv_heads", cfg.get("model.attention.n_kv_heads"), cfg)
+        return family if value is None else f"{family}, kv_lora_rank={value}"
     if last in ("kind", "placement") and isinstance(value, str):
         return value
     if key.endswith("moe.n_experts") and isinstance(value, int):
@@ -57,8 +62,10 @@ def choice(key: str, value: Any, cfg: Mapping[str, Any] | None = None) -> str:
 
 
 def variant(cfg: Mapping[str, Any], fields: Iterable[str]) -> str:
-    """The label of an arm: the names of the fields that differ between arms, joined."""
-    return ", ".join(choice(k, cfg.get(k), cfg) for k in fields) or "all"
+    """The label of an arm: the names of the fields that differ between arms, joined, each said
+    once (kv heads and a latent rank both name the attention family: mha, gqa2, mla)."""
+    names = [part for k in fields for part in choice(k, cfg.get(k), cfg).split(", ")]
+    return ", ".join(dict.fromkeys(names)) or "all"
 
 
 def axes(cfg: Mapping[str, Any]) -> dict[str, str]:

@@ -212,6 +212,29 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
         assert_close(mha(tokens), gqa(tokens))
 
 
+@pytest.mark.parametrize("attention", [
+    {"n_kv_heads": 1},  # MQA
+    {"kv_lora_rank": 64, "rope_head_dim": 16},  # the mla preset
+    {"kv_lora_rank": 32, "q_lora_rank": 48, "rope_head_dim": 8, "v_head_dim": 32},
+    {"kv_lora_rank": 384, "rope_head_dim": 32},  # more than MHA spends: a narrower MLP
+], ids=["mqa", "mla", "mla-query-latent", "mla-wide"])
+def test_match_mha_params_spends_what_the_attention_saves(attention):
+    """model.match_mha_params: the MLP takes the parameters the attention saves against MHA of the
+    same heads (counted from the modules built), and the model lands within 0.5% of MHA's size."""
+    def build(extra: dict, match: bool = False) -> Transformer:
+        return Transformer(ModelConfig.from_dict({"dim": 256, "attention": {"n_heads": 4, **extra},
+                                                  "match_mha_params": match}))
+
+    mha, own, matched = build({}), build(attention), build(attention, match=True)
+    saved = sum(p.numel() for p in mha.blocks[0].attn.parameters()) - sum(
+        p.numel() for p in own.blocks[0].attn.parameters())
+    units = matched.blocks[0].mlp.w_in.out_features - own.blocks[0].mlp.w_in.out_features
+    assert units == round(saved / (3 * 256))  # a SwiGLU unit: three dim-wide rows
+    size = {name: model_facts(m.cfg).non_embedding_params for name, m in (("mha", mha), ("own", own),
+                                                                            ("matched", matched))}
+    assert abs(size["matched"] - size["mha"]) / size["mha"] < 0.005 < abs(size["own"] - size["mha"]) / size["mha"]
+
+
 def test_alibi_slopes_follow_the_paper():
     assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
     # 6 heads: the 4-head slopes, then odd-numbered slopes of the 8-head sequence

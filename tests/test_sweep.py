@@ -121,3 +121,23 @@ def test_one_function_names_a_choice_in_the_run_name_the_axes_and_the_variant():
     name = naming.run_name({"model": "default"}, ["model.position.kind=alibi", "model.embedding_norm=false",
                                                   f"model.dim={flat['model.dim']}"], 0)
     assert name == f"default-alibi-no_embedding_norm-dim={flat['model.dim']}-s0"
+
+
+def test_latent_attention_is_named_as_its_own_family():
+    """Latent attention keeps n_kv_heads unset (as MHA does): its family is still mla, in the axes
+    and in an arm's label, beside MHA, GQA and MQA, and two latent ranks stay apart."""
+    from ablate import naming
+    from ablate.config import RunConfig
+    from ablate.run.rundir import flatten
+
+    def flat(**attention):
+        return flatten(RunConfig.from_dict({"model": {"attention": {"n_heads": 4, **attention}}}).to_dict())
+
+    arms = [flat(), flat(n_kv_heads=2), flat(n_kv_heads=1), flat(kv_lora_rank=64), flat(kv_lora_rank=32)]
+    assert [naming.axes(a)["attention"] for a in arms] == ["mha", "gqa2", "mqa", "mla", "mla"]
+    fields = ["model.attention.n_kv_heads", "model.attention.kv_lora_rank"]
+    assert [naming.variant(a, fields) for a in arms] == ["mha", "gqa2", "mqa", "mla, kv_lora_rank=64",
+                                                         "mla, kv_lora_rank=32"]
+    assert [naming.variant(a, fields[1:]) for a in (arms[0], arms[3])] == ["mha", "mla, kv_lora_rank=64"]
+    assert naming.run_name({"model": "default", "model/attention": "mla"}, ["model.attention.kv_lora_rank=32"],
+                           0) == "default-mla-kv_lora_rank=32-s0"

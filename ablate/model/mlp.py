@@ -33,16 +33,30 @@ MLPS.add("swiglu", MlpKind(F.silu, gated=True))  # Llama
 def mlp_hidden_dim(cfg: ModelConfig) -> int:
     """model.mlp.hidden_dim, or by default 4 x dim, two thirds of that (rounded up to 8) for gated
     kinds, so that gated and plain MLPs have about the same parameters; with match_mha_params, plus
-    the hidden units that spend the key / value parameters GQA or MQA saves against MHA (Llama 2)."""
+    the hidden units that spend the parameters GQA, MQA or latent attention saves against MHA of the
+    same heads (Llama 2; for latent attention fewer units where it spends more)."""
     gated = MLPS.get(cfg.mlp.kind, "model.mlp.kind").gated
     hidden = cfg.mlp.hidden_dim
     if hidden is None:
         hidden = 8 * math.ceil(8 * cfg.dim / 3 / 8) if gated else 4 * cfg.dim
-    if cfg.match_mha_params and cfg.n_kv_heads < cfg.n_heads:
-        saved = 2 * (cfg.n_heads - cfg.n_kv_heads) * cfg.head_dim * (cfg.dim + cfg.attention.qkv_bias)
+    if cfg.match_mha_params and (cfg.latent or cfg.n_kv_heads < cfg.n_heads):
+        saved = (_mha_minus_latent(cfg) if cfg.latent else
+                 2 * (cfg.n_heads - cfg.n_kv_heads) * cfg.head_dim * (cfg.dim + cfg.attention.qkv_bias))
         per_unit = (3 if gated else 2) * cfg.dim + ((2 if gated else 1) if cfg.mlp.bias else 0)
         hidden += round(saved / per_unit)
     return hidden
+
+
+def _mha_minus_latent(cfg: ModelConfig) -> int:
+    """One layer's parameters of MHA (n_heads of head_dim, wqkv and wo) less those of latent
+    attention (ablate.model.latent: the query path, the latent and its norm, its expansion, wo)."""
+    a, H, dim = cfg.attention, cfg.n_heads, cfg.dim
+    mha = 3 * H * cfg.head_dim * (dim + a.qkv_bias) + (H * cfg.head_dim + a.out_bias) * dim
+    queries = (dim * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * H * cfg.qk_head_dim if a.q_lora_rank
+               else dim * H * cfg.qk_head_dim)
+    latent = dim * (a.kv_lora_rank + a.rope_head_dim) + a.kv_lora_rank
+    expansion = a.kv_lora_rank * H * (cfg.head_dim + cfg.v_head_dim) + H * cfg.v_head_dim * dim
+    return mha - (queries + latent + expansion)
 
 
 class Mlp(nn.Module):
