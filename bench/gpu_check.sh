@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ablate's CUDA paths on one GPU, in one go (about 8 minutes on an H100), for a new GPU machine or
-# cluster node: what runs, what falls back, and how fast.
+# ablate's CUDA paths on one GPU, in one go, for a new GPU machine or cluster node: what runs, what
+# falls back, and how fast. (Not yet run on a GPU: the step limits below are estimates.)
 #
 #   bash bench/gpu_check.sh [OUT_DIR]            default OUT_DIR: $OUT, else gpu_check/
 #   ABLATE_WHEELS=wheels/ bash bench/gpu_check.sh   a node without network: install the wheels
@@ -23,19 +23,25 @@
 #                lm-eval), and the device its provenance records
 # FSDP and DDP need two GPUs or more (NCCL puts one process on each): with one GPU they are not run.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
 device=cuda
 if [ "${1:-}" = "--cpu" ]; then device=cpu; shift; fi
+# paths from where it is called
 out=$(mkdir -p "${1:-${OUT:-gpu_check}}" && cd "${1:-${OUT:-gpu_check}}" && pwd)
+wheels=${ABLATE_WHEELS:+$(cd "$ABLATE_WHEELS" 2>/dev/null && pwd)}
+if [ -n "${ABLATE_WHEELS:-}" ] && [ -z "$wheels" ]; then
+    echo "error: ABLATE_WHEELS=$ABLATE_WHEELS: no such directory (bench/offline_wheels.py DIR fills one)" >&2
+    exit 2
+fi
+cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 summary=$out/summary.txt
 : >"$summary"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python=${PYTHON:-python3}
 
-if [ -n "${ABLATE_WHEELS:-}" ]; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$ABLATE_WHEELS"/*.whl \
+if [ -n "$wheels" ]; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$wheels"/*.whl \
         || { echo "error: ABLATE_WHEELS=$ABLATE_WHEELS: the wheels did not install" | tee -a "$summary"; exit 2; }
     export PYTHONPATH=$PYTHONPATH:$work/site
 fi
