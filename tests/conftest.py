@@ -127,10 +127,11 @@ def cli_in_process(module: str, *args: str, check: bool = True) -> subprocess.Co
     argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
     # the command's log lines reach its stderr, as they would alone (pytest's handlers on the root
     # logger make a command's own logging.basicConfig a no-op here)
-    root, handler = logging.getLogger(), logging.StreamHandler(err)
-    level, handler.level = root.level, logging.INFO
+    root, handler, level = logging.getLogger(), logging.StreamHandler(err), logging.getLogger().level
+    handler.setLevel(logging.INFO)
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
     sys.argv = [module, *args]
-    root.addHandler(handler), root.setLevel(min(level, logging.INFO))
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             # warnings as a fresh interpreter shows them: on stderr, under Python's default filters
@@ -148,7 +149,8 @@ def cli_in_process(module: str, *args: str, check: bool = True) -> subprocess.Co
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = argv
-        logging.getLogger().removeHandler(handler), logging.getLogger().setLevel(level)
+        root.removeHandler(handler)
+        root.setLevel(level)
     proc = subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{module} {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")

@@ -42,6 +42,7 @@ from ablate.evaluate.lm import AblateLM, load_run
 from ablate.model import Transformer
 from ablate.registry import ConfigError
 from ablate.run.checkpoint import CheckpointError
+from ablate.run.lifecycle import EVAL_DEVICES
 from ablate.run.rundir import RunDir, RunDirError, RunError, runs_in, write_json, write_text
 
 log = logging.getLogger("ablate.eval")
@@ -400,8 +401,8 @@ def prefetch(eval_cfg: EvalConfig) -> list[str]:
 def eval_device(setting: str) -> torch.device:
     """Where an evaluation runs: eval.device=auto takes a GPU when one is visible, else the CPU (in
     fp32 either way, without autocast)."""
-    if setting not in ("auto", "cpu", "cuda"):
-        raise ConfigError("eval.device", setting, "unknown choice", valid=["auto", "cpu", "cuda"])
+    if setting not in EVAL_DEVICES:
+        raise ConfigError("eval.device", setting, "unknown choice", valid=EVAL_DEVICES)
     if setting == "cuda" and not torch.cuda.is_available():
         raise ConfigError("eval.device", setting, "no CUDA device is visible", valid=["auto", "cpu"])
     return torch.device("cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu")
